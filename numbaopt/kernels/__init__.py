@@ -1,0 +1,1 @@
+"""Compiled update kernels: ``cpu`` (@njit) and, imported lazily, ``cuda``."""
