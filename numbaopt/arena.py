@@ -11,7 +11,12 @@ step count and has-grad flag).
 
 import numpy as np
 
-__all__ = ["Arena", "CHUNK"]
+__all__ = ["Arena", "CHUNK", "check_no_overlap"]
+
+try:
+    from numpy.lib.array_utils import byte_bounds as _byte_bounds   # NumPy >= 2
+except ImportError:   # pragma: no cover
+    _byte_bounds = np.byte_bounds
 
 #: Largest number of elements in one chunk of work (64 KiB of float32 per array).
 CHUNK = 1 << 14
@@ -48,6 +53,7 @@ class Arena:
         sizes = np.fromiter((p.size for p in params), dtype=np.int64, count=len(params))
         self.dtype = np.dtype(dtype)
         self.params = params
+        self.shapes = [p.shape for p in params]
         self.offsets = np.zeros(len(params) + 1, dtype=np.int64)
         np.cumsum(sizes, out=self.offsets[1:])
         self.group_offsets = np.zeros(len(groups) + 1, dtype=np.int64)
@@ -96,6 +102,20 @@ class Arena:
             p._index = i
             self._grad_views.append(self.grad[lo:hi].reshape(p.shape))
 
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_grad_views"}
+
+    def __setstate__(self, state):
+        # Pickle and deepcopy copy the buffers; re-point every parameter at the copies.
+        self.__dict__.update(state)
+        self._grad_views = []
+        for i, p in enumerate(self.params):
+            p._data = self.view(self.data, i)
+            p._grad = None
+            p._arena = self
+            p._index = i
+            self._grad_views.append(self.view(self.grad, i))
+
     @property
     def size(self):
         """Number of elements in the arena."""
@@ -116,7 +136,31 @@ class Arena:
 
     def view(self, buffer, i):
         """Parameter ``i``'s slice of the flat ``buffer``, shaped like the parameter."""
-        return buffer[self.offsets[i]:self.offsets[i + 1]].reshape(self.params[i].shape)
+        return buffer[self.offsets[i]:self.offsets[i + 1]].reshape(self.shapes[i])
+
+
+def check_no_overlap(params):
+    """Refuse parameters whose arrays share memory (e.g. views of one array).
+
+    Packing copies each parameter into its own slot of the arena, which would
+    silently untie them. Sorting by memory bounds keeps this O(n log n).
+    """
+    spans = []
+    for i, p in enumerate(params):
+        if p.size:
+            lo, hi = _byte_bounds(p.data)
+            spans.append((lo, hi, i))
+    spans.sort()
+    reach, owner = -1, -1
+    for lo, hi, i in spans:
+        if lo < reach and np.shares_memory(params[owner].data, params[i].data):
+            a, b = sorted((owner, i))
+            raise ValueError(
+                f"parameters {a} and {b} share memory (views of one array?). Each parameter is "
+                "copied into its own slot of the arena, which would untie them: pass tied "
+                "weights as one Parameter")
+        if hi > reach:
+            reach, owner = hi, i
 
 
 def _chunk_table(offsets):

@@ -114,6 +114,20 @@ class Parameter:
             np.copyto(arena._grad_views[self._index], value, casting="unsafe")
             arena.has_grad[self._index] = True
 
+    def __getstate__(self):
+        # Inside an arena, the value and grad are views the arena restores on unpickling.
+        state = {"_arena": self._arena, "_index": self._index}
+        if self._arena is None:
+            state.update(_data=self._data, _grad=self._grad)
+        return state
+
+    def __setstate__(self, state):
+        self._arena = state["_arena"]
+        self._index = state["_index"]
+        if "_data" in state:
+            self._data = state["_data"]
+            self._grad = state["_grad"]
+
     def __repr__(self):
         return f"Parameter({np.array2string(self._data, prefix='Parameter(')})"
 

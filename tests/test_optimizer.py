@@ -431,3 +431,92 @@ def test_no_recompilation_after_first_steps(rng):
         opt.param_groups[0]["lr"] = [1, 0.5, 2][k % 3]
         opt.step()
     assert len(kernel.signatures) == n
+
+
+# -- copies, overlap, non-finite ----------------------------------------------------------
+@pytest.mark.parametrize("copier", [copy.deepcopy, lambda o: __import__("pickle").loads(
+    __import__("pickle").dumps(o))], ids=["deepcopy", "pickle"])
+def test_deepcopy_and_pickle_give_independent_optimizers(copier, rng):
+    params = make_params(rng)
+    opt = optim.Adam([{"params": params[:2]}, {"params": params[2:], "lr": 0.1}], amsgrad=True)
+    _train(opt, params, 3, 4)
+    twin = copier(opt)
+    twin_params = [p for g in twin.param_groups for p in g["params"]]
+    for p, q in zip(params, twin_params):
+        assert p is not q and np.array_equal(p.data, q.data)
+        assert np.shares_memory(q.data, twin.arena.data)
+        assert not np.shares_memory(q.data, opt.arena.data)
+    _train(opt, params, 4, 5)
+    _train(twin, twin_params, 4, 5)
+    for p, q in zip(params, twin_params):
+        np.testing.assert_array_equal(p.data, q.data)
+    twin.param_groups[0]["lr"] = 0.5
+    assert opt.param_groups[0]["lr"] == 1e-3
+
+
+def test_overlapping_parameters_are_refused(rng):
+    base = rng.standard_normal(10)
+    a, b = P(base[:6]), P(base[4:])
+    with pytest.raises(ValueError, match="parameters 0 and 1 share memory"):
+        optim.SGD([a, b])
+    assert a._arena is None and a.data.base is base
+    c = P(base[::2])
+    d = P(base[1::2])            # interleaved, no element shared: fine
+    optim.SGD([c, d])
+
+
+def test_read_only_and_bad_dtype_parameters():
+    ro = np.zeros(3)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        P(ro)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        P(np.array(["a"], dtype=object))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        P(np.zeros(2, np.float16))
+
+
+def test_nonfinite_gradients_propagate_by_default():
+    p = P(np.zeros(2))
+    opt = optim.SGD([p], lr=1.0)
+    p.grad = np.array([np.nan, 1.0])
+    opt.step()
+    assert np.isnan(p.data[0]) and p.data[1] == -1.0
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_skip_nonfinite_leaves_everything_untouched(cls, rng):
+    params = make_params(rng)
+    opt = cls(params, skip_nonfinite=True)
+    _train(opt, params, 5, 3)
+    before = opt.state_dict()
+    values = [p.data.copy() for p in params]
+    for p in params:
+        p.grad = np.ones(p.shape)
+    params[1].grad = np.array([1.0, np.inf, 0.0, 1.0])
+    assert opt.step(lambda: 3.0) is None
+    assert opt.found_nonfinite and opt.skipped_steps == 1
+    for p, v in zip(params, values):
+        np.testing.assert_array_equal(p.data, v)
+    after = opt.state_dict()
+    for i in before["state"]:
+        for k in before["state"][i]:
+            np.testing.assert_array_equal(after["state"][i][k], before["state"][i][k])
+    params[1].grad = None                   # the non-finite grad is gone: steps again
+    assert opt.step(lambda: 3.0) == 3.0 and not opt.found_nonfinite
+
+
+def test_float32_overflow_of_squared_gradient_matches_reference():
+    from reference import reference_optimizer
+    p = P(np.ones(3, np.float32))
+    ref = np.ones(3, np.float32)
+    opt = optim.Adam([p], lr=0.1)
+    r = reference_optimizer("Adam", [{"params": [ref]}], lr=0.1)
+    g = np.array([1e20, 1.0, -1e30], np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(3):
+            p.grad = g
+            opt.step()
+            r.step([g])
+    np.testing.assert_array_equal(p.data, ref)
+    assert np.isinf(opt.state[p]["exp_avg_sq"][2])   # (1 - beta2) * g * g overflowed

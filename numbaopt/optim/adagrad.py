@@ -30,6 +30,8 @@ class Adagrad(Optimizer):
     initial_accumulator_value : float, default 0
     eps : float, default 1e-10
     maximize : bool, default False
+    skip_nonfinite : bool, default False
+        Skip the whole step when any gradient is NaN or inf (see ``Optimizer``).
 
     Examples
     --------
@@ -40,11 +42,11 @@ class Adagrad(Optimizer):
     _kernels = (_adagrad_cpu, _adagrad_cpu_parallel)
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
-                 eps=1e-10, *, maximize=False):
+                 eps=1e-10, *, maximize=False, skip_nonfinite=False):
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, eps=eps,
                         maximize=maximize)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _check_group(self, group, index=None, where="param group"):
         check_option(group, "lr", "Invalid learning rate", index=index, where=where)

@@ -13,7 +13,8 @@ from numbers import Real
 
 import numpy as np
 
-from ..arena import Arena
+from ..arena import Arena, check_no_overlap
+from ..kernels.finite import grads_finite, grads_finite_parallel
 from ..parameter import Parameter
 
 __all__ = ["Optimizer", "ParamGroup"]
@@ -76,6 +77,13 @@ class Optimizer:
     and implement ``_check_group(group)`` (raise ``ValueError``),
     ``_hyper_row(group)`` (the kernel's float64 row) and
     ``_group_state_keys(group)`` (state buffers the group uses).
+
+    ``skip_nonfinite=True`` (an option of every optimizer, not of torch) checks
+    every gradient before stepping and, if any is NaN or inf, skips the whole
+    step: parameters, state and step counts stay as they were, ``step()``
+    returns None, ``found_nonfinite`` is True and ``skipped_steps`` counts it,
+    the way torch's GradScaler skips steps. By default non-finite values
+    propagate into the parameters, as in torch.
     """
 
     _state_keys = ()
@@ -83,14 +91,20 @@ class Optimizer:
     _kernels = (None, None)
     _load_defaults = {"maximize": False}
 
-    def __init__(self, params, defaults):
+    def __init__(self, params, defaults, *, skip_nonfinite=False):
         self.defaults = dict(defaults)
         self._check_group(self.defaults)
+        if not isinstance(skip_nonfinite, (bool, np.bool_)):
+            raise ValueError(f"'skip_nonfinite' must be True or False, got {skip_nonfinite!r}")
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.found_nonfinite = False
+        self.skipped_steps = 0
         self._dirty = [True]
         groups = [self._new_group(g) for g in _split_groups(params)]
         all_params = [p for g in groups for p in g["params"]]
         _check_unique(all_params)
         dtype = _common_dtype(all_params)
+        check_no_overlap(all_params)
         for i, g in enumerate(groups):
             self._check_group(g, index=i)
         self.param_groups = [ParamGroup(g, self._dirty) for g in groups]
@@ -112,6 +126,11 @@ class Optimizer:
             loss = closure()
         if self._dirty[0] or self.arena.stale is not None:
             self._sync()
+        if self.skip_nonfinite:
+            self.found_nonfinite = not self._finite(*self._args[1:3], self._args[6])
+            if self.found_nonfinite:
+                self.skipped_steps += 1
+                return None
         self._kernel(*self._args)
         return loss
 
@@ -146,8 +165,9 @@ class Optimizer:
         empty = np.empty(0, dtype=arena.dtype)
         self._args = (arena.data, arena.grad, arena.has_grad, arena.step, arena.param_group,
                       hyper, arena.chunks) + tuple(arena.state.get(k, empty) for k in self._state_keys)
-        serial, parallel = self._kernels
-        self._kernel = parallel if arena.size >= self.parallel_threshold else serial
+        parallel = arena.size >= self.parallel_threshold
+        self._kernel = self._kernels[parallel]
+        self._finite = grads_finite_parallel if parallel else grads_finite
         self._dirty[0] = False
 
     # -- groups --------------------------------------------------------------------
@@ -162,6 +182,7 @@ class Optimizer:
         old = [p for g in self.param_groups for p in g["params"]]
         _check_unique(old + group["params"])
         _common_dtype(group["params"], expected=self.arena.dtype)
+        check_no_overlap(old + group["params"])
         self._check_group(group, index=len(self.param_groups))
         first = len(old)
         self.arena = Arena([g["params"] for g in self.param_groups] + [group["params"]],
@@ -357,6 +378,14 @@ class Optimizer:
             buffers[k][lo:hi] = value.reshape(-1)
 
     # -- misc ----------------------------------------------------------------------
+    def __getstate__(self):
+        # The kernel arguments alias the arena; they are rebuilt after unpickling.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_args", "_kernel", "_finite")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._sync()
+
     def __repr__(self):
         lines = [type(self).__name__ + " ("]
         for i, group in enumerate(self.param_groups):

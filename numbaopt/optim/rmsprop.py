@@ -28,6 +28,8 @@ class RMSprop(Optimizer):
     momentum : float, default 0
     centered : bool, default False
     maximize : bool, default False
+    skip_nonfinite : bool, default False
+        Skip the whole step when any gradient is NaN or inf (see ``Optimizer``).
 
     Examples
     --------
@@ -39,10 +41,10 @@ class RMSprop(Optimizer):
     _load_defaults = {"momentum": 0, "centered": False, "maximize": False}
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
-                 centered=False, *, maximize=False):
+                 centered=False, *, maximize=False, skip_nonfinite=False):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                         momentum=momentum, centered=centered, maximize=maximize)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _check_group(self, group, index=None, where="param group"):
         check_option(group, "lr", "Invalid learning rate", index=index, where=where)
