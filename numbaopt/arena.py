@@ -7,16 +7,22 @@ Layout: parameters are placed group by group, in the order given, at
 that never straddle two parameters, so a parallel kernel can hand out chunks
 to threads and each chunk knows its parameter (and so its hyperparameters,
 step count and has-grad flag).
+
+``Arena`` keeps its buffers in host memory; ``numbaopt.arena_cuda.CudaArena``
+keeps them in GPU memory behind the same methods, so the optimizer code does
+not care where the numbers live.
 """
 
 import numpy as np
 
-__all__ = ["Arena", "CHUNK", "check_no_overlap"]
+from .kernels.finite import grads_finite, grads_finite_parallel
 
 try:
     from numpy.lib.array_utils import byte_bounds as _byte_bounds   # NumPy >= 2
 except ImportError:   # pragma: no cover
     _byte_bounds = np.byte_bounds
+
+__all__ = ["Arena", "CHUNK", "check_no_overlap", "make_arena"]
 
 #: Largest number of elements in one chunk of work (64 KiB of float32 per array).
 CHUNK = 1 << 14
@@ -48,6 +54,8 @@ class Arena:
         a group first needs them (``momentum_buffer`` only with momentum, ...).
     """
 
+    device = "cpu"
+
     def __init__(self, groups, dtype, previous=None):
         params = [p for group in groups for p in group]
         sizes = np.fromiter((p.size for p in params), dtype=np.int64, count=len(params))
@@ -61,53 +69,54 @@ class Arena:
         self.param_group = np.repeat(np.arange(len(groups), dtype=np.int64),
                                      np.diff(self.group_offsets))
         self.chunks = _chunk_table(self.offsets)
-        n = int(self.offsets[-1])
-        self.data = np.zeros(n, dtype=self.dtype)
-        self.grad = np.zeros(n, dtype=self.dtype)
-        self.has_grad = np.zeros(len(params), dtype=np.bool_)
-        self.step = np.zeros(len(params), dtype=np.float64)
-        self.state = {}
         self.stale = None   # set to a message when another optimizer took a parameter over
 
+        # Pack on the host; a device arena uploads the result.
+        n = int(self.offsets[-1])
+        data = np.zeros(n, dtype=self.dtype)
+        grad = np.zeros(n, dtype=self.dtype)
+        self.has_grad = np.zeros(len(params), dtype=np.bool_)
+        step = np.zeros(len(params), dtype=np.float64)
+        state = {}
         kept = 0
         if previous is not None:
             # add_param_group appends, so the previous arena is a prefix of this one.
             kept = len(previous.params)
-            m = int(previous.offsets[-1])
-            self.data[:m] = previous.data
-            self.grad[:m] = previous.grad
+            m = previous.size
+            data[:m] = previous.to_host(previous.data)
+            grad[:m] = previous.to_host(previous.grad)
             self.has_grad[:kept] = previous.has_grad
-            self.step[:kept] = previous.step
+            step[:kept] = previous.to_host(previous.step)
             for name, buf in previous.state.items():
-                self.state[name] = np.zeros(n, dtype=self.dtype)
-                self.state[name][:m] = buf
+                state[name] = np.zeros(n, dtype=self.dtype)
+                state[name][:m] = previous.to_host(buf)
             previous.stale = "its parameters were moved into a larger arena by add_param_group"
-
-        self._grad_views = []
-        for i, p in enumerate(params):
+        for i in range(kept, len(params)):
+            p = params[i]
             lo, hi = self.offsets[i], self.offsets[i + 1]
-            if i >= kept:
-                self.data[lo:hi] = p.data.reshape(-1)
-                old_grad = p.grad
-                if old_grad is not None:
-                    self.grad[lo:hi] = old_grad.reshape(-1)
+            if p._arena is None:
+                data[lo:hi] = p.data.reshape(-1)
+                if p._grad is not None:
+                    grad[lo:hi] = p._grad.reshape(-1)
                     self.has_grad[i] = True
-                if p._arena is not None and p._arena is not previous:
-                    p._arena.stale = (
+            else:
+                old = p._arena
+                data[lo:hi] = old.param_to_host(old.data, p._index).reshape(-1)
+                if old.has_grad[p._index]:
+                    grad[lo:hi] = old.param_to_host(old.grad, p._index).reshape(-1)
+                    self.has_grad[i] = True
+                if old is not previous:
+                    old.stale = (
                         "one of its parameters was placed into another optimizer's arena; "
                         "a parameter can be stepped by one optimizer at a time")
-            p._data = self.data[lo:hi].reshape(p.shape)
-            p._grad = None
-            p._arena = self
-            p._index = i
-            self._grad_views.append(self.grad[lo:hi].reshape(p.shape))
+        self.data = self._adopt(data)
+        self.grad = self._adopt(grad)
+        self.step = self._adopt(step)
+        self.state = {name: self._adopt(buf) for name, buf in state.items()}
+        self._bind()
 
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_grad_views"}
-
-    def __setstate__(self, state):
-        # Pickle and deepcopy copy the buffers; re-point every parameter at the copies.
-        self.__dict__.update(state)
+    def _bind(self):
+        """Point every parameter at its slice of this arena."""
         self._grad_views = []
         for i, p in enumerate(self.params):
             p._data = self.view(self.data, i)
@@ -115,6 +124,14 @@ class Arena:
             p._arena = self
             p._index = i
             self._grad_views.append(self.view(self.grad, i))
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_grad_views"}
+
+    def __setstate__(self, state):
+        # Pickle and deepcopy copy the buffers; re-point every parameter at the copies.
+        self.__dict__.update(state)
+        self._bind()
 
     @property
     def size(self):
@@ -124,6 +141,23 @@ class Arena:
     def __len__(self):
         return len(self.params)
 
+    def view(self, buffer, i):
+        """Parameter ``i``'s slice of the flat ``buffer``, shaped like the parameter (live)."""
+        return buffer[self.offsets[i]:self.offsets[i + 1]].reshape(self.shapes[i])
+
+    # -- the buffer operations a device arena overrides ------------------------------------
+    def _adopt(self, host_array):
+        """Make a buffer of this arena from a host array (the CPU arena keeps it)."""
+        return host_array
+
+    def to_host(self, buffer):
+        """A host ndarray with ``buffer``'s values (the buffer itself on the CPU)."""
+        return buffer
+
+    def param_to_host(self, buffer, i):
+        """A host copy of parameter ``i``'s slice of ``buffer``."""
+        return self.view(buffer, i).copy()
+
     def ensure_state(self, names, fill=0.0):
         """Allocate the state buffers in ``names`` that do not exist yet, filled with ``fill``.
 
@@ -131,12 +165,72 @@ class Arena:
         """
         missing = [name for name in names if name not in self.state]
         for name in missing:
-            self.state[name] = np.full(self.size, fill, dtype=self.dtype)
+            self.state[name] = self._adopt(np.full(self.size, fill, dtype=self.dtype))
         return bool(missing)
 
-    def view(self, buffer, i):
-        """Parameter ``i``'s slice of the flat ``buffer``, shaped like the parameter."""
-        return buffer[self.offsets[i]:self.offsets[i + 1]].reshape(self.shapes[i])
+    def fill_state(self, name, start, value):
+        """Set elements ``start:`` of state buffer ``name`` to ``value``."""
+        self.state[name][start:] = value
+
+    def load(self, step, buffers):
+        """Replace the step counts and state buffers with host arrays (copied in)."""
+        self.step[:] = step
+        for name, buf in buffers.items():
+            if name in self.state:
+                self.state[name][:] = buf
+            else:
+                self.state[name] = self._adopt(buf.copy())
+        for name in self.state:
+            if name not in buffers:
+                self.state[name][:] = 0
+
+    def set_data(self, i, value):
+        """Copy ``value`` (already shape-checked) into parameter ``i``."""
+        np.copyto(self.view(self.data, i), _host_value(value), casting="unsafe")
+
+    def set_grad(self, i, value):
+        """Copy ``value`` (already shape-checked) into parameter ``i``'s gradient."""
+        np.copyto(self._grad_views[i], _host_value(value), casting="unsafe")
+        self.has_grad[i] = True
+
+    def zero_grad(self):
+        """Zero every gradient value (the flags stay)."""
+        self.grad.fill(0)
+
+    def step_counts(self):
+        """Per-parameter step counts as a host float64 array."""
+        return self.step
+
+    def step_view(self, i):
+        """Parameter ``i``'s step count as a 0-d array (live on the CPU)."""
+        return self.step[i:i + 1].reshape(())
+
+    def prepare(self, optimizer, hyper):
+        """The step's kernel, its arguments, and a no-argument all-gradients-finite check."""
+        empty = np.empty(0, dtype=self.dtype)
+        args = (self.data, self.grad, self.has_grad, self.step, self.param_group, hyper,
+                self.chunks) + tuple(self.state.get(k, empty) for k in optimizer._state_keys)
+        parallel = self.size >= optimizer.parallel_threshold
+        check = grads_finite_parallel if parallel else grads_finite
+        grad, has_grad, chunks = self.grad, self.has_grad, self.chunks
+        return optimizer._kernels[parallel], args, lambda: check(grad, has_grad, chunks)
+
+
+def _host_value(value):
+    if hasattr(value, "__cuda_array_interface__") or hasattr(value, "copy_to_host"):
+        raise TypeError("a GPU array was given to a parameter on the CPU; "
+                        "copy it to the host first (e.g. .copy_to_host() or cupy.asnumpy)")
+    return value
+
+
+def make_arena(groups, dtype, device, previous=None):
+    """An arena on ``device`` ("cpu" or "cuda")."""
+    if device == "cpu":
+        return Arena(groups, dtype, previous)
+    if device == "cuda":
+        from .arena_cuda import CudaArena
+        return CudaArena(groups, dtype, previous)
+    raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
 
 
 def check_no_overlap(params):
@@ -147,7 +241,7 @@ def check_no_overlap(params):
     """
     spans = []
     for i, p in enumerate(params):
-        if p.size:
+        if p.size and isinstance(p.data, np.ndarray):
             lo, hi = _byte_bounds(p.data)
             spans.append((lo, hi, i))
     spans.sort()

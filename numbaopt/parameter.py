@@ -56,13 +56,13 @@ class Parameter:
 
     @data.setter
     def data(self, value):
-        value = np.asarray(value)
-        if value.shape != self._data.shape:
-            raise ValueError(
-                f"cannot assign data of shape {value.shape} to a Parameter of shape {self._data.shape}")
-        _check_numeric(value, "data")
-        # Copy in place: the arena view must stay the parameter's storage.
-        np.copyto(self._data, value, casting="unsafe")
+        value = _as_array(value)
+        _check_assignable(value, self.shape, "data")
+        if self._arena is None:
+            np.copyto(self._data, value, casting="unsafe")
+        else:
+            # Copy in place: the arena's slice must stay the parameter's storage.
+            self._arena.set_data(self._index, value)
 
     @property
     def shape(self):
@@ -70,19 +70,20 @@ class Parameter:
 
     @property
     def dtype(self):
-        return self._data.dtype
+        return np.dtype(self._data.dtype)
 
     @property
     def ndim(self):
-        return self._data.ndim
+        return len(self._data.shape)
 
     @property
     def size(self):
-        return self._data.size
+        return int(np.prod(self._data.shape, dtype=np.int64))
 
     def numpy(self):
-        """The value as an ndarray (``p.data``)."""
-        return self._data
+        """The value as a host ndarray (``p.data``, or a copy of it for a GPU parameter)."""
+        data = self._data
+        return data if isinstance(data, np.ndarray) else data.copy_to_host()
 
     # -- gradient ----------------------------------------------------------------
     @property
@@ -101,18 +102,14 @@ class Parameter:
             else:
                 arena.has_grad[self._index] = False
             return
-        if isinstance(value, Parameter):
-            value = value.data
-        value = np.asarray(value)
-        if value.shape != self._data.shape:
-            raise ValueError(
-                f"gradient shape {value.shape} does not match parameter shape {self._data.shape}")
-        _check_numeric(value, "gradient")
+        value = _as_array(value)
+        _check_assignable(value, self.shape, "gradient")
         if arena is None:
+            if not isinstance(value, np.ndarray):
+                value = value.copy_to_host()
             self._grad = value.astype(self._data.dtype, copy=True)
         else:
-            np.copyto(arena._grad_views[self._index], value, casting="unsafe")
-            arena.has_grad[self._index] = True
+            arena.set_grad(self._index, value)
 
     def __getstate__(self):
         # Inside an arena, the value and grad are views the arena restores on unpickling.
@@ -132,6 +129,21 @@ class Parameter:
         return f"Parameter({np.array2string(self._data, prefix='Parameter(')})"
 
 
-def _check_numeric(value, what):
-    if value.dtype.kind not in "fiub":
+def _is_device_array(value):
+    return hasattr(value, "__cuda_array_interface__") or hasattr(value, "copy_to_host")
+
+
+def _as_array(value):
+    """``value`` as an ndarray, or as itself when it is a GPU array."""
+    if isinstance(value, Parameter):
+        value = value.data
+    return value if _is_device_array(value) else np.asarray(value)
+
+
+def _check_assignable(value, shape, what):
+    if tuple(value.shape) != shape:
+        name = "gradient" if what == "gradient" else "data"
+        raise ValueError(f"{name} shape {tuple(value.shape)} does not match parameter shape {shape}"
+                         " (no broadcasting)")
+    if np.dtype(value.dtype).kind not in "fiub":
         raise TypeError(f"{what} must be a real numeric array, got dtype {value.dtype}")

@@ -1,7 +1,5 @@
 """Adagrad (torch.optim.Adagrad)."""
 
-import numpy as np
-
 from ..kernels.cpu import _adagrad_cpu, _adagrad_cpu_parallel
 from .optimizer import Optimizer, check_flag, check_option
 
@@ -32,6 +30,8 @@ class Adagrad(Optimizer):
     maximize : bool, default False
     skip_nonfinite : bool, default False
         Skip the whole step when any gradient is NaN or inf (see ``Optimizer``).
+    device : {"cpu", "cuda"}, default "cpu"
+        Where the arena (parameters, gradients, state) lives; "cuda" needs numba-cuda.
 
     Examples
     --------
@@ -42,11 +42,11 @@ class Adagrad(Optimizer):
     _kernels = (_adagrad_cpu, _adagrad_cpu_parallel)
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
-                 eps=1e-10, *, maximize=False, skip_nonfinite=False):
+                 eps=1e-10, *, maximize=False, skip_nonfinite=False, device="cpu"):
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, eps=eps,
                         maximize=maximize)
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite, device=device)
 
     def _check_group(self, group, index=None, where="param group"):
         check_option(group, "lr", "Invalid learning rate", index=index, where=where)
@@ -61,18 +61,13 @@ class Adagrad(Optimizer):
         return (float(group["lr"]), float(group["lr_decay"]), float(group["weight_decay"]),
                 float(group["eps"]), float(group["maximize"]))
 
+    _state_from_start = True
+
     def _init_state(self, first):
         # torch creates Adagrad's state eagerly, from the constructor's value.
         arena = self.arena
         arena.ensure_state(("sum",))
-        arena.state["sum"][arena.offsets[first]:] = self.defaults["initial_accumulator_value"]
+        arena.fill_state("sum", int(arena.offsets[first]), self.defaults["initial_accumulator_value"])
 
     def _fresh_state(self, buffers, groups):
         buffers["sum"][:] = self.defaults["initial_accumulator_value"]
-
-    def _param_state(self, i, group, copy):
-        arena = self.arena
-        view = arena.view(arena.state["sum"], i)
-        step = np.array(arena.step[i], dtype=np.float32) if copy else arena.step[i:i + 1].reshape(())
-        return {"step": step, "sum": view.copy() if copy else view}
-

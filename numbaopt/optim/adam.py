@@ -27,6 +27,8 @@ class Adam(Optimizer):
     maximize : bool, default False
     skip_nonfinite : bool, default False
         Skip the whole step when any gradient is NaN or inf (see ``Optimizer``).
+    device : {"cpu", "cuda"}, default "cpu"
+        Where the arena (parameters, gradients, state) lives; "cuda" needs numba-cuda.
     decoupled_weight_decay : bool, default False
         True gives AdamW.
 
@@ -42,11 +44,11 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, maximize=False, decoupled_weight_decay=False,
-                 skip_nonfinite=False):
+                 skip_nonfinite=False, device="cpu"):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize,
                         decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite, device=device)
 
     def _check_group(self, group, index=None, where="param group"):
         check_option(group, "lr", "Invalid learning rate", index=index, where=where)
@@ -87,7 +89,7 @@ class AdamW(Adam):
     _load_defaults = {"amsgrad": False, "maximize": False, "decoupled_weight_decay": True}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, skip_nonfinite=False):
+                 amsgrad=False, *, maximize=False, skip_nonfinite=False, device="cpu"):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, device=device)

@@ -13,8 +13,7 @@ from numbers import Real
 
 import numpy as np
 
-from ..arena import Arena, check_no_overlap
-from ..kernels.finite import grads_finite, grads_finite_parallel
+from ..arena import check_no_overlap, make_arena
 from ..parameter import Parameter
 
 __all__ = ["Optimizer", "ParamGroup"]
@@ -88,10 +87,14 @@ class Optimizer:
 
     _state_keys = ()
     _step_in_state = True
+    _state_from_start = False   # torch's Adagrad has state before its first step
     _kernels = (None, None)
     _load_defaults = {"maximize": False}
 
-    def __init__(self, params, defaults, *, skip_nonfinite=False):
+    def __init__(self, params, defaults, *, skip_nonfinite=False, device="cpu"):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self.device = device
         self.defaults = dict(defaults)
         self._check_group(self.defaults)
         if not isinstance(skip_nonfinite, (bool, np.bool_)):
@@ -107,8 +110,8 @@ class Optimizer:
         check_no_overlap(all_params)
         for i, g in enumerate(groups):
             self._check_group(g, index=i)
+        self.arena = make_arena([g["params"] for g in groups], dtype, device)
         self.param_groups = [ParamGroup(g, self._dirty) for g in groups]
-        self.arena = Arena([g["params"] for g in groups], dtype)
         self._init_state(0)
         self.parallel_threshold = PARALLEL_THRESHOLD
         self._hyper = None
@@ -127,7 +130,7 @@ class Optimizer:
         if self._dirty[0] or self.arena.stale is not None:
             self._sync()
         if self.skip_nonfinite:
-            self.found_nonfinite = not self._finite(*self._args[1:3], self._args[6])
+            self.found_nonfinite = not self._finite()
             if self.found_nonfinite:
                 self.skipped_steps += 1
                 return None
@@ -143,7 +146,7 @@ class Optimizer:
         if set_to_none:
             self.arena.has_grad.fill(False)
         else:
-            self.arena.grad.fill(0)
+            self.arena.zero_grad()
 
     def _sync(self):
         """Validate the groups and rebuild the kernel's hyperparameter table and arguments."""
@@ -162,12 +165,7 @@ class Optimizer:
         hyper = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
         arena.ensure_state(k for k in self._state_keys if k in needed)
         self._hyper = hyper
-        empty = np.empty(0, dtype=arena.dtype)
-        self._args = (arena.data, arena.grad, arena.has_grad, arena.step, arena.param_group,
-                      hyper, arena.chunks) + tuple(arena.state.get(k, empty) for k in self._state_keys)
-        parallel = arena.size >= self.parallel_threshold
-        self._kernel = self._kernels[parallel]
-        self._finite = grads_finite_parallel if parallel else grads_finite
+        self._kernel, self._args, self._finite = arena.prepare(self, hyper)
         self._dirty[0] = False
 
     # -- groups --------------------------------------------------------------------
@@ -185,8 +183,8 @@ class Optimizer:
         check_no_overlap(old + group["params"])
         self._check_group(group, index=len(self.param_groups))
         first = len(old)
-        self.arena = Arena([g["params"] for g in self.param_groups] + [group["params"]],
-                           self.arena.dtype, previous=self.arena)
+        self.arena = make_arena([g["params"] for g in self.param_groups] + [group["params"]],
+                                self.arena.dtype, self.device, previous=self.arena)
         self.param_groups.append(ParamGroup(group, self._dirty))
         self._init_state(first)
         self._sync()
@@ -228,19 +226,21 @@ class Optimizer:
     def _init_state(self, first):
         """Initialise the state of parameters ``first:`` (lazy for most optimizers)."""
 
-    def _param_state(self, i, group, copy):
-        """Parameter ``i``'s state dict (views, or copies), or None if it has no state yet."""
+    def _param_state(self, i, group, copy, steps):
+        """Parameter ``i``'s state dict (live views, or host copies), or None if it has none.
+
+        ``steps`` is the host array of step counts.
+        """
         arena = self.arena
-        if arena.step[i] == 0:
+        if steps[i] == 0 and not self._state_from_start:
             return None
         out = {}
         if self._step_in_state:
-            out["step"] = np.array(arena.step[i], dtype=np.float32) if copy else \
-                arena.step[i:i + 1].reshape(())
+            out["step"] = np.array(steps[i], dtype=np.float32) if copy else arena.step_view(i)
         for key in self._state_keys:
             if key in self._group_state_keys(group):
-                view = arena.view(arena.state[key], i)
-                out[key] = view.copy() if copy else view
+                buf = arena.state[key]
+                out[key] = arena.param_to_host(buf, i) if copy else arena.view(buf, i)
         return out or None
 
     @property
@@ -254,9 +254,10 @@ class Optimizer:
         ``{"state": {index: {"step": ..., "exp_avg": ...}}, "param_groups": [{..., "params": [indices]}]}``
         """
         arena = self.arena
+        steps = arena.step_counts()
         state = {}
         for i in range(len(arena)):
-            entry = self._param_state(i, self.param_groups[arena.param_group[i]], copy=True)
+            entry = self._param_state(i, self.param_groups[arena.param_group[i]], True, steps)
             if entry is not None:
                 state[i] = entry
         groups = []
@@ -312,7 +313,7 @@ class Optimizer:
             new_groups.append(new)
 
         # Build the new state in fresh buffers; commit only when all of it is valid.
-        step = np.zeros_like(arena.step)
+        step = np.zeros(len(arena), dtype=np.float64)
         needed = set()
         for new in new_groups:
             needed.update(self._group_state_keys(new))
@@ -328,15 +329,7 @@ class Optimizer:
             i = index_of[key]
             self._load_param_state(i, entry, new_groups[arena.param_group[i]], step, buffers, key)
 
-        arena.step[:] = step
-        for k, buf in buffers.items():
-            if k in arena.state:
-                arena.state[k][:] = buf
-            else:
-                arena.state[k] = buf
-        for k in list(arena.state):
-            if k not in buffers:
-                arena.state[k].fill(0)
+        arena.load(step, buffers)
         self.param_groups[:] = [ParamGroup(g, self._dirty) for g in new_groups]
         self._sync()
 
@@ -419,7 +412,8 @@ class _StateView(Mapping):
     def __getitem__(self, p):
         opt = self._opt
         i = self._index(p)
-        entry = opt._param_state(i, opt.param_groups[opt.arena.param_group[i]], copy=False)
+        entry = opt._param_state(i, opt.param_groups[opt.arena.param_group[i]], False,
+                                 opt.arena.step_counts())
         return {} if entry is None else entry
 
     def __contains__(self, p):
@@ -430,8 +424,9 @@ class _StateView(Mapping):
 
     def __iter__(self):
         opt = self._opt
+        steps = opt.arena.step_counts()
         for i, p in enumerate(opt.arena.params):
-            if opt._param_state(i, opt.param_groups[opt.arena.param_group[i]], copy=False):
+            if opt._param_state(i, opt.param_groups[opt.arena.param_group[i]], False, steps):
                 yield p
 
     def __len__(self):

@@ -30,6 +30,8 @@ class RMSprop(Optimizer):
     maximize : bool, default False
     skip_nonfinite : bool, default False
         Skip the whole step when any gradient is NaN or inf (see ``Optimizer``).
+    device : {"cpu", "cuda"}, default "cpu"
+        Where the arena (parameters, gradients, state) lives; "cuda" needs numba-cuda.
 
     Examples
     --------
@@ -41,10 +43,10 @@ class RMSprop(Optimizer):
     _load_defaults = {"momentum": 0, "centered": False, "maximize": False}
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
-                 centered=False, *, maximize=False, skip_nonfinite=False):
+                 centered=False, *, maximize=False, skip_nonfinite=False, device="cpu"):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                         momentum=momentum, centered=centered, maximize=maximize)
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite, device=device)
 
     def _check_group(self, group, index=None, where="param group"):
         check_option(group, "lr", "Invalid learning rate", index=index, where=where)

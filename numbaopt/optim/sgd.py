@@ -32,6 +32,8 @@ class SGD(Optimizer):
     maximize : bool, default False
     skip_nonfinite : bool, default False
         Skip the whole step when any gradient is NaN or inf (see ``Optimizer``).
+    device : {"cpu", "cuda"}, default "cpu"
+        Where the arena (parameters, gradients, state) lives; "cuda" needs numba-cuda.
         Ascend instead of descend.
 
     Examples
@@ -46,10 +48,10 @@ class SGD(Optimizer):
     _load_defaults = {"nesterov": False, "maximize": False}
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
-                 nesterov=False, *, maximize=False, skip_nonfinite=False):
+                 nesterov=False, *, maximize=False, skip_nonfinite=False, device="cpu"):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite, device=device)
 
     def _check_group(self, group, index=None, where="param group"):
         check_option(group, "lr", "Invalid learning rate", index=index, where=where)
