@@ -86,7 +86,7 @@ class Arena:
             data[:m] = previous.to_host(previous.data)
             grad[:m] = previous.to_host(previous.grad)
             self.has_grad[:kept] = previous.has_grad
-            step[:kept] = previous.to_host(previous.step)
+            step[:kept] = previous.step_counts()
             for name, buf in previous.state.items():
                 state[name] = np.zeros(n, dtype=self.dtype)
                 state[name][:m] = previous.to_host(buf)
@@ -228,7 +228,11 @@ def make_arena(groups, dtype, device, previous=None):
     if device == "cpu":
         return Arena(groups, dtype, previous)
     if device == "cuda":
-        from .arena_cuda import CudaArena
+        try:
+            from .arena_cuda import CudaArena
+        except ImportError as error:
+            raise RuntimeError("device='cuda' needs numba's CUDA target from the numba-cuda "
+                               "package: pip install 'numbaopt[cuda]'") from error
         return CudaArena(groups, dtype, previous)
     raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
 

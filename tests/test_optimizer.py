@@ -7,7 +7,7 @@ import pytest
 
 import numbaopt
 from numbaopt import optim
-from conftest import assert_close
+from tolerance import assert_close
 
 P = numbaopt.Parameter
 ALL = [optim.SGD, optim.Adam, optim.AdamW, optim.RMSprop, optim.Adagrad]

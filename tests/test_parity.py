@@ -8,7 +8,7 @@ import pytest
 import numbaopt
 from numbaopt import optim
 from cases import CASES, DTYPES, STEPS, groups_of, make_inputs, shapes
-from conftest import assert_close
+from tolerance import assert_close
 from reference import reference_optimizer
 
 DATA = np.load(pathlib.Path(__file__).parent / "data" / "optim_reference.npz")

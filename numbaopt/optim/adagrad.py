@@ -40,6 +40,7 @@ class Adagrad(Optimizer):
 
     _state_keys = ("sum",)
     _kernels = (_adagrad_cpu, _adagrad_cpu_parallel)
+    _kernel_name = "adagrad"
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
                  eps=1e-10, *, maximize=False, skip_nonfinite=False, device="cpu"):

@@ -40,6 +40,7 @@ class Adam(Optimizer):
 
     _state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _kernels = (_adam_cpu, _adam_cpu_parallel)
+    _kernel_name = "adam"
     _load_defaults = {"amsgrad": False, "maximize": False, "decoupled_weight_decay": False}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,

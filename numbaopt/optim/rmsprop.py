@@ -40,6 +40,7 @@ class RMSprop(Optimizer):
 
     _state_keys = ("square_avg", "momentum_buffer", "grad_avg")
     _kernels = (_rmsprop_cpu, _rmsprop_cpu_parallel)
+    _kernel_name = "rmsprop"
     _load_defaults = {"momentum": 0, "centered": False, "maximize": False}
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,

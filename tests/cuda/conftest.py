@@ -1,0 +1,43 @@
+"""CUDA kernel tests: run under numba's simulator or on a real GPU, skipped otherwise.
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda -q
+
+The variable must be set before numba is imported (numba reads it once), so set
+it in the environment, not from Python. Tests marked ``cuda_gpu`` need a real
+GPU and are skipped under the simulator.
+"""
+
+import pytest
+from numba.core import config
+
+
+def _cuda_status():
+    """``(simulator, gpu, reason)``: what can run the tests here, and why not when nothing."""
+    try:
+        from numba import cuda
+    except ImportError as error:   # numba-cuda not installed (pip install numba-cuda)
+        return False, False, f"numba.cuda is not importable: {error}"
+    if config.ENABLE_CUDASIM:
+        return True, False, ""
+    try:
+        gpu = bool(cuda.is_available())
+    except Exception:   # pragma: no cover - a broken driver install
+        gpu = False
+    if not gpu:
+        return False, False, "no CUDA GPU, and NUMBA_ENABLE_CUDASIM=1 is not set"
+    return False, True, ""
+
+
+SIMULATOR, GPU, UNAVAILABLE = _cuda_status()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda_gpu: needs a real CUDA GPU (skipped under the simulator)")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a real CUDA GPU (the simulator is running)"
+                            if SIMULATOR else "needs a real CUDA GPU")
+    for item in items:
+        if "cuda_gpu" in item.keywords and not GPU:
+            item.add_marker(skip)

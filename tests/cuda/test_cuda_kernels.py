@@ -1,0 +1,339 @@
+"""The CUDA kernels against the CPU kernels and the NumPy reference, kernel by kernel.
+
+Every case of ``tests/cases.py`` (two groups, 0-d and zero-size parameters,
+gradients that are None on some steps), in float64 and float32: the arena
+arrays are built here from the case, the CPU kernel and the CUDA kernel take
+the same steps side by side, and after each step the parameters, the state
+buffers and the step counts must agree (and agree with ``tests/reference.py``).
+Tiny blocks and chunks make 25 elements span 9 blocks, several per
+parameter. Run with ``NUMBA_ENABLE_CUDASIM=1`` (see conftest.py).
+"""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+from numba.core import config
+
+_here = pathlib.Path(__file__).parent
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# This folder's conftest.py, by path: the name "conftest" also belongs to tests/conftest.py.
+_cuda_conftest = _load("_numbaopt_cuda_conftest", _here / "conftest.py")
+if _cuda_conftest.UNAVAILABLE:
+    pytest.skip(_cuda_conftest.UNAVAILABLE, allow_module_level=True)
+
+from numba import cuda  # noqa: E402
+
+from numbaopt.kernels import cpu  # noqa: E402
+from numbaopt.kernels import cuda as K  # noqa: E402
+from cases import CASES, DTYPES, groups_of, make_inputs, shapes  # noqa: E402
+from reference import DEFAULTS, reference_optimizer  # noqa: E402
+from tolerance import assert_close  # noqa: E402
+
+SIMULATOR = bool(config.ENABLE_CUDASIM)
+STEPS = 8          # the simulator runs kernels as Python threads: keep it short
+TINY_CHUNK = 5     # the 12-element parameter spans 3 chunks, the 6-element one 2
+TINY_BLOCK = 4     # threads per block: a 5-element chunk takes a block two passes
+
+# The geometries every case runs under: (chunk size, threads per block, blocks or None).
+GEOMETRIES = {
+    "tiny": (TINY_CHUNK, TINY_BLOCK, None),        # one block per chunk
+    "strided": (TINY_CHUNK, TINY_BLOCK, 3),        # 3 blocks walk 9 chunks
+    "arena_chunks": (1 << 14, 2, None),            # numbaopt.arena's chunk size: one per parameter
+}
+
+# Per algorithm: the CPU kernel, the CUDA launcher, the state buffers in kernel order.
+ALGORITHMS = {
+    "SGD": (cpu._sgd_cpu, K.sgd, ("momentum_buffer",)),
+    "Adam": (cpu._adam_cpu, K.adam, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")),
+    "AdamW": (cpu._adam_cpu, K.adamw, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")),
+    "RMSprop": (cpu._rmsprop_cpu, K.rmsprop, ("square_avg", "momentum_buffer", "grad_avg")),
+    "Adagrad": (cpu._adagrad_cpu, K.adagrad, ("sum",)),
+}
+
+
+# ----------------------------------------------------------------------- the arena, by hand
+
+def hyper_row(name, o):
+    """A group's float64 row, in the column order documented beside each CPU kernel."""
+    if name == "SGD":
+        cols = (o["lr"], o["momentum"], o["dampening"], o["weight_decay"], o["nesterov"],
+                o["maximize"])
+    elif name in ("Adam", "AdamW"):
+        cols = (o["lr"], o["betas"][0], o["betas"][1], o["eps"], o["weight_decay"],
+                o["amsgrad"], o["maximize"], name == "AdamW")
+    elif name == "RMSprop":
+        cols = (o["lr"], o["alpha"], o["eps"], o["weight_decay"], o["momentum"], o["centered"],
+                o["maximize"])
+    else:
+        cols = (o["lr"], o["lr_decay"], o["weight_decay"], o["eps"], o["maximize"])
+    return [float(c) for c in cols]
+
+
+def used_state(name, options):
+    """State buffers some group needs (the others are passed empty, as the host does)."""
+    used = set()
+    for o in options:
+        if name == "SGD" and o["momentum"] != 0:
+            used.add("momentum_buffer")
+        elif name in ("Adam", "AdamW"):
+            used.update(("exp_avg", "exp_avg_sq"))
+            if o["amsgrad"]:
+                used.add("max_exp_avg_sq")
+        elif name == "RMSprop":
+            used.add("square_avg")
+            if o["momentum"] > 0:
+                used.add("momentum_buffer")
+            if o["centered"]:
+                used.add("grad_avg")
+        elif name == "Adagrad":
+            used.add("sum")
+    return used
+
+
+class HostArena:
+    """The kernel arguments of one case as host arrays, laid out as numbaopt.arena lays them."""
+
+    def __init__(self, case, dtype, init, chunk):
+        name, kwargs, _ = CASES[case]
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        defaults = dict(DEFAULTS[name], **kwargs)
+        index_groups = groups_of(list(range(len(init))), case)
+        self.options = [dict(defaults, **{k: v for k, v in g.items() if k != "params"})
+                        for g in index_groups]
+        sizes = [a.size for a in init]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.group = np.concatenate([np.full(len(g["params"]), k, dtype=np.int64)
+                                     for k, g in enumerate(index_groups)])
+        n = int(self.offsets[-1])
+        self.param = np.concatenate([a.reshape(-1) for a in init]).astype(dtype)
+        self.grad = np.full(n, np.nan, dtype=dtype)
+        self.has_grad = np.zeros(len(init), dtype=np.bool_)
+        self.step = np.zeros(len(init), dtype=np.float64)
+        self.hyper = np.array([hyper_row(name, o) for o in self.options], dtype=np.float64)
+        self.chunks = K.chunk_table(self.offsets, chunk)
+        used = used_state(name, self.options)
+        fill = defaults.get("initial_accumulator_value", 0.0)   # Adagrad's sum starts there
+        self.state_names = ALGORITHMS[name][2]
+        self.state = [np.full(n, fill, dtype=dtype) if k in used else np.empty(0, dtype=dtype)
+                      for k in self.state_names]
+
+    def set_grads(self, grads):
+        """One step's gradients; a missing one leaves NaN behind, which no kernel may read."""
+        for i, g in enumerate(grads):
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            self.has_grad[i] = g is not None
+            self.grad[lo:hi] = np.nan if g is None else g.reshape(-1)
+
+    def args(self):
+        return (self.param, self.grad, self.has_grad, self.step, self.group, self.hyper,
+                self.chunks) + tuple(self.state)
+
+    def to_device(self):
+        # The GPU keeps one step count per chunk (see numbaopt.kernels.cuda).
+        args = list(self.args())
+        args[3] = K.chunk_steps(self.step, self.chunks)
+        return [cuda.to_device(a) for a in args]
+
+
+def copy_inputs(host, dev):
+    """Upload what the host writes between steps: the gradients and their flags."""
+    dev[1].copy_to_device(host.grad)
+    dev[2].copy_to_device(host.has_grad)
+
+
+def check_same(host, dev, dtype, label, exact=False):
+    """The device arrays against the CPU kernel's (names in the kernel's argument order)."""
+    names = ("param", "grad", "has_grad", "step", "group", "hyper", "chunks") + host.state_names
+    for k, (want, got) in enumerate(zip(host.args(), dev)):
+        if k in (1, 2, 4, 5, 6):    # inputs: unchanged by construction
+            continue
+        got = got.copy_to_host()
+        if k == 3:
+            got = K.param_steps(got, host.chunks)
+        if exact:
+            np.testing.assert_array_equal(got, want, err_msg=f"{label}: {names[k]}")
+        else:
+            assert_close(got, want, dtype if k != 3 else np.float64, f"{label}: {names[k]}")
+
+
+# ------------------------------------------------------------------------------------ tests
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_matches_cpu_kernel_and_reference(case, dtype, geometry):
+    name, kwargs, _ = CASES[case]
+    chunk, tpb, blocks = GEOMETRIES[geometry]
+    cpu_kernel, launcher, _ = ALGORITHMS[name]
+    init, grads = make_inputs(case, dtype)
+    host = HostArena(case, dtype, init, chunk)
+    dev = host.to_device()
+    arrays = [a.copy() for a in init]
+    ref = reference_optimizer(name, groups_of(arrays, case), **kwargs)
+    for k in range(STEPS):
+        host.set_grads(grads[k])
+        copy_inputs(host, dev)
+        launcher(*dev, threads_per_block=tpb, blocks=blocks)
+        cpu_kernel(*host.args())
+        ref.step(grads[k])
+        label = f"{case} {dtype} {geometry} step {k + 1}"
+        # The simulator runs the same operations in the same dtype as the CPU kernel: no
+        # rounding difference. A GPU contracts multiply-adds (FMA): project tolerances.
+        check_same(host, dev, dtype, label, exact=SIMULATOR)
+        assert_close(dev[0].copy_to_host(), np.concatenate([a.reshape(-1) for a in arrays]),
+                     dtype, f"{label}: params vs NumPy reference")
+
+    # State and step counts against the reference (torch's semantics), parameter by parameter.
+    step = K.param_steps(dev[3].copy_to_host(), host.chunks)
+    state = dict(zip(host.state_names, (d.copy_to_host() for d in dev[7:])))
+    for i, entry in enumerate(ref.state):
+        lo, hi = host.offsets[i], host.offsets[i + 1]
+        for key, value in entry.items():
+            if key == "step":
+                assert step[i] == value, f"{case} {dtype}: step of parameter {i}"
+            else:
+                got = state[key][lo:hi]
+                assert_close(got.reshape(np.shape(value)), value, dtype,
+                             f"{case} {dtype}: state[{i}][{key!r}]")
+        if name != "SGD" and not entry:
+            assert step[i] == 0, f"{case} {dtype}: parameter {i} never had a gradient"
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the simulator's NumPy sees the NaNs
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["Adam", "RMSprop", "Adagrad", "SGD"])
+def test_nonfinite_values_propagate_like_the_cpu_kernel(name, dtype):
+    """NaN and inf in gradients and state: the same NaNs where the CPU kernel has them.
+
+    amsgrad's running max keeps a NaN from either side (torch.maximum); the centered
+    RMSprop variance can go below zero, where sqrt gives NaN (and must not raise).
+    """
+    case = {"Adam": "adam_amsgrad_wd", "RMSprop": "rmsprop_centered_momentum",
+            "Adagrad": "adagrad_decay", "SGD": "sgd_momentum"}[name]
+    init, _ = make_inputs(case, dtype)
+    host = HostArena(case, dtype, init, TINY_CHUNK)
+    n = host.param.size
+    bad = np.array([np.nan, np.inf, -np.inf, 0.0, 1.0], dtype=dtype)
+    if name == "RMSprop":
+        # square_avg 0 below a grad_avg of 1 with a zero gradient: variance < 0 on element 3.
+        host.state[0][3] = 0.0
+        host.state[2][3] = 1.0
+    if name == "Adam":
+        host.state[2][5] = np.nan    # a NaN already in max_exp_avg_sq stays there
+    dev = host.to_device()
+    for k in range(3):
+        rng = np.random.default_rng(k)
+        g = rng.standard_normal(n).astype(dtype)
+        g[:bad.size] = bad
+        grads = [g[host.offsets[i]:host.offsets[i + 1]].reshape(s) for i, s in enumerate(shapes())]
+        host.set_grads(grads)
+        copy_inputs(host, dev)
+        K.launch(name, dev, threads_per_block=TINY_BLOCK)
+        with np.errstate(invalid="ignore", over="ignore"):
+            ALGORITHMS[name][0](*host.args())
+        param = dev[0].copy_to_host()
+        np.testing.assert_array_equal(np.isnan(param), np.isnan(host.param), f"{name} step {k}")
+        check_same(host, dev, dtype, f"{name} {dtype} step {k + 1}", exact=SIMULATOR)
+    assert np.isnan(host.param).any() and not np.isnan(host.param).all()
+    if name == "Adam":
+        assert np.isnan(dev[9].copy_to_host()[5])
+    if name == "RMSprop":
+        assert np.isnan(dev[0].copy_to_host()[3])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grads_finite(dtype):
+    init, grads = make_inputs("adam", dtype)
+    host = HostArena("adam", dtype, init, TINY_CHUNK)
+    host.set_grads(grads[0])   # parameter 4 has no gradient: its NaNs are not looked at
+    dev = host.to_device()
+    args = (dev[1], dev[2], dev[6])
+    assert not host.has_grad[4] and np.isnan(host.grad[host.offsets[4]:host.offsets[5]]).all()
+    assert K.grads_finite(*args, threads_per_block=TINY_BLOCK)
+    assert cpu_finite(host)
+    j = host.offsets[3] + 1    # parameter 3 has a gradient at step 0
+    for value in (np.inf, -np.inf, np.nan):
+        host.grad[j] = value
+        dev[1].copy_to_device(host.grad)
+        assert not K.grads_finite(*args, threads_per_block=TINY_BLOCK, blocks=2)
+        assert not cpu_finite(host)
+        host.grad[j] = 0.0
+
+
+def cpu_finite(host):
+    from numbaopt.kernels.finite import grads_finite
+    return grads_finite(host.grad, host.has_grad, host.chunks)
+
+
+def test_chunk_table_covers_every_parameter_without_straddling():
+    sizes = [12, 0, 1, 5, 0, 4097, 4096, 3]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    for chunk in (1, 4, 5, K.CHUNK, 1 << 14):
+        table = K.chunk_table(offsets, chunk)
+        assert table.dtype == np.int64 and table.flags.c_contiguous and table.shape[1] == 3
+        param, start, stop = table.T
+        assert np.all(stop - start <= chunk) and np.all(stop >= start)
+        for i, size in enumerate(sizes):
+            mine = table[param == i]
+            assert len(mine) == max(1, -(-size // chunk))   # a zero-size parameter: one empty chunk
+            assert mine[0, 1] == offsets[i] and mine[-1, 2] == offsets[i + 1]
+            assert np.array_equal(mine[1:, 1], mine[:-1, 2])
+
+
+def test_launch_by_name_and_adamw_is_adam():
+    assert K.adamw is K.adam
+    assert set(K._LAUNCHERS) == {"sgd", "adam", "adamw", "rmsprop", "adagrad"}
+    init, grads = make_inputs("adamw", "float64")
+    host = HostArena("adamw", "float64", init, TINY_CHUNK)
+    host.set_grads(grads[0])
+    dev = host.to_device()
+    K.launch("AdamW", dev, threads_per_block=TINY_BLOCK)
+    cpu._adam_cpu(*host.args())
+    check_same(host, dev, "float64", "launch('AdamW')")
+
+
+# ------------------------------------------------------------------------- real GPU only
+
+@pytest.mark.cuda_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ["sgd_nesterov", "adam_amsgrad_wd", "adamw",
+                                  "rmsprop_centered_momentum", "adagrad_decay"])
+def test_large_arena_default_launch(case, dtype):
+    """Default blocks and chunks on an arena of a few hundred thousand elements."""
+    name, _, _ = CASES[case]
+    rng = np.random.default_rng(7)
+    sizes = [(300, 400), (), (0,), (4097,), (2, 3), (150_001,)]
+    init = [rng.standard_normal(s).astype(dtype) for s in sizes]
+    host = HostArena(case, dtype, init, K.CHUNK)   # groups: the first three, the rest
+    dev = host.to_device()
+    for k in range(4):
+        grads = [rng.standard_normal(s).astype(dtype) if (k + i) % 4 else None
+                 for i, s in enumerate(sizes)]
+        host.set_grads(grads)
+        copy_inputs(host, dev)
+        ALGORITHMS[name][1](*dev)
+        ALGORITHMS[name][0](*host.args())
+        check_same(host, dev, dtype, f"{case} {dtype} step {k + 1}")
+
+
+@pytest.mark.cuda_gpu
+def test_compiled_without_fastmath():
+    """IEEE sqrt and division in the PTX (no .approx or .ftz outside libdevice's pow)."""
+    init, grads = make_inputs("adam", "float32")
+    host = HostArena("adam", "float32", init, TINY_CHUNK)
+    host.set_grads(grads[0])
+    K.adam(*host.to_device())
+    ptx = "\n".join(K._adam_cuda.inspect_asm().values())
+    assert "sqrt.rn.f32" in ptx and "div.rn.f32" in ptx
+    assert "sqrt.approx" not in ptx and "div.approx" not in ptx and "div.full" not in ptx
