@@ -520,3 +520,16 @@ def test_float32_overflow_of_squared_gradient_matches_reference():
             r.step([g])
     np.testing.assert_array_equal(p.data, ref)
     assert np.isinf(opt.state[p]["exp_avg_sq"][2])   # (1 - beta2) * g * g overflowed
+
+
+def test_load_state_dict_into_a_stale_optimizer_changes_nothing():
+    a, b = P(np.zeros(2)), P(np.zeros(3))
+    opt = optim.Adam([a, b], lr=0.1)
+    a.grad, b.grad = np.ones(2), np.ones(3)
+    opt.step()
+    sd = opt.state_dict()
+    sd["param_groups"][0]["lr"] = 0.5
+    optim.SGD([b])                    # b moves: opt can no longer step
+    with pytest.raises(RuntimeError, match="can no longer load"):
+        opt.load_state_dict(sd)
+    assert opt.param_groups[0]["lr"] == 0.1

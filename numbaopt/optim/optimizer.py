@@ -277,6 +277,8 @@ class Optimizer:
                 or "state" not in state_dict:
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups' entries")
         arena = self.arena
+        if arena.stale is not None:
+            raise RuntimeError(f"{type(self).__name__} can no longer load state: {arena.stale}")
         saved_groups = list(state_dict["param_groups"])
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups "
