@@ -35,7 +35,7 @@ class Adam(Optimizer):
     Examples
     --------
     >>> opt = Adam(model.parameters(), lr=0.01)
-    >>> opt.zero_grad(); loss = model.backward(); opt.step()
+    >>> opt.zero_grad(); model.backward(criterion.backward()); opt.step()
     """
 
     _state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")

@@ -39,7 +39,7 @@ class SGD(Optimizer):
     Examples
     --------
     >>> opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
-    >>> opt.zero_grad(); loss = model.backward(); opt.step()
+    >>> opt.zero_grad(); model.backward(criterion.backward()); opt.step()
     """
 
     _state_keys = ("momentum_buffer",)
