@@ -18,8 +18,11 @@ from ..parameter import Parameter
 
 __all__ = ["Optimizer", "ParamGroup"]
 
-#: Arenas with at least this many elements use the parallel (prange) kernel.
-PARALLEL_THRESHOLD = 1 << 17
+#: Arenas with at least this many elements use the parallel (prange) kernel, times the
+#: optimizer's ``_parallel_scale``. Measured on 2 cores (``python -m benchmarks.report
+#: --sections threshold``): Adam's parallel kernel wins from 2**13-2**14 elements, SGD's,
+#: whose update is little more than memory traffic, from 2**15-2**16.
+PARALLEL_THRESHOLD = 1 << 14
 
 # torch's implementation-selection flags: accepted from a torch state_dict, never stored.
 _TORCH_IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
@@ -88,6 +91,7 @@ class Optimizer:
     _state_keys = ()
     _step_in_state = True
     _state_from_start = False   # torch's Adagrad has state before its first step
+    _parallel_scale = 1         # cheap updates need bigger arenas before threads pay off
     _kernels = (None, None)
     _load_defaults = {"maximize": False}
 
@@ -113,7 +117,7 @@ class Optimizer:
         self.arena = make_arena([g["params"] for g in groups], dtype, device)
         self.param_groups = [ParamGroup(g, self._dirty) for g in groups]
         self._init_state(0)
-        self.parallel_threshold = PARALLEL_THRESHOLD
+        self.parallel_threshold = PARALLEL_THRESHOLD * self._parallel_scale
         self._hyper = None
         self._sync()
 

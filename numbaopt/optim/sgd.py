@@ -46,6 +46,7 @@ class SGD(Optimizer):
     _step_in_state = False
     _kernels = (_sgd_cpu, _sgd_cpu_parallel)
     _kernel_name = "sgd"
+    _parallel_scale = 4
     _load_defaults = {"nesterov": False, "maximize": False}
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
