@@ -24,8 +24,8 @@ except ImportError:   # pragma: no cover
 
 __all__ = ["Arena", "CHUNK", "check_no_overlap", "make_arena"]
 
-#: Largest number of elements in one chunk of work (64 KiB of float32 per array).
-CHUNK = 1 << 14
+#: Largest number of elements in one chunk of work (32 KiB of float32 per array).
+CHUNK = 1 << 13
 
 
 class Arena:

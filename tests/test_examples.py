@@ -59,12 +59,25 @@ def run_example(name):
 
 
 def load_example(name):
-    """Import an example as a module (only for those that guard their main code)."""
+    """Import an example as a module (only for those that guard their main code).
+
+    Its @njit(cache=True) functions get a cache directory of their own: entries the
+    example wrote when it ran as ``__main__`` do not load under another module name.
+    """
+    import tempfile
+
+    import numba
+
     module_name = "example_" + name.removesuffix(".py")
     spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / name)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    saved = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = tempfile.mkdtemp(prefix="numbaopt-example-cache-")
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        numba.config.CACHE_DIR = saved
     return module
 
 

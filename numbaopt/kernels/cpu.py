@@ -13,13 +13,29 @@ Every kernel has the signature
   order given beside each kernel.
 - ``chunks`` (int64, n x 3): ``(param, start, stop)`` pieces of the arena.
 
-Each algorithm has a chunk body and two drivers with the same signature:
-``_<algo>_cpu`` loops over chunks serially (small arenas: no thread dispatch),
-``_<algo>_cpu_parallel`` hands chunks to numba's thread pool with ``prange``.
-Arithmetic follows torch's single-tensor implementation operation by
-operation, in the parameter's dtype; scalars torch computes as Python floats
-(bias corrections, step sizes) are computed in float64 and then cast, as
-torch casts them. No fastmath: it would drop NaN/inf semantics.
+Each algorithm has a body, ``_<algo>_chunks(first, last, ...)``, that steps
+chunks ``first:last``; it is inlined into two drivers with the kernel
+signature: ``_<algo>_cpu`` runs it over all chunks (small arenas: no thread
+dispatch), ``_<algo>_cpu_parallel`` runs it on one chunk per iteration of a
+``prange`` over the chunks (numba's thread pool). Arithmetic follows torch's
+single-tensor implementation operation by operation, in the parameter's dtype;
+scalars torch computes as Python floats (bias corrections, step sizes) are
+computed in float64 and then cast, as torch casts them. No fastmath: it would
+drop NaN/inf semantics.
+
+What keeps the loops fast (measured with benchmarks/):
+
+- Element loops run over ``range(uint64, uint64)`` of the whole buffers:
+  numba guards a signed index with a check for negative values, and that
+  keeps LLVM from vectorizing the loop (4-5x slower for data in cache).
+- Nothing per chunk slices an array or passes one to a function: each costs
+  reference counting, ~40 ns per chunk in all, which was most of a step at
+  1k parameters in 10 tensors. Bodies are inlined, and SGD's loop is an
+  inner function (a closure over the buffers, inlined by numba).
+- SGD's loop is cheap enough for its branches to show, so its usual options
+  get their own copy of the loop, with the flags passed as constants (LLVM
+  does not unswitch five flags by itself). The other algorithms are bound by
+  their divisions and square roots, and one loop is as fast.
 """
 
 import numpy as np
@@ -27,6 +43,7 @@ from numba import njit, prange
 
 _OPTS = dict(cache=True, error_model="numpy")
 _PARALLEL_OPTS = dict(cache=True, error_model="numpy", parallel=True)
+_INLINE_OPTS = dict(cache=True, error_model="numpy", inline="always")
 
 
 @njit(**_OPTS)
@@ -55,120 +72,147 @@ def _sgd_count_steps(has_grad, step, group, hyper):
             step[i] += 1.0
 
 
-@njit(**_OPTS)
-def _sgd_chunk(c, param, grad, has_grad, step, group, hyper, chunks, momentum_buffer):
-    i = chunks[c, 0]
-    if not has_grad[i]:
-        return
-    g = group[i]
+@njit(**_INLINE_OPTS)
+def _sgd_chunks(first, last, param, grad, has_grad, step, group, hyper, chunks,
+                momentum_buffer):
+    # Reads grad; updates param and (with momentum) momentum_buffer in place.
+    def update(lo, hi, neg_lr, mom, one_minus_dampening, wd,
+               maximize, weight_decay, momentum, first_step, nesterov):
+        for j in range(lo, hi):
+            d = grad[j]
+            if maximize:
+                d = -d
+            if weight_decay:
+                d = d + wd * param[j]
+            if momentum:
+                if first_step:
+                    buf = d
+                else:
+                    buf = momentum_buffer[j] * mom + one_minus_dampening * d
+                momentum_buffer[j] = buf
+                if nesterov:
+                    d = d + mom * buf
+                else:
+                    d = buf
+            param[j] = param[j] + neg_lr * d
+
     T = param.dtype.type
-    momentum = hyper[g, 1]
-    weight_decay = hyper[g, 3]
-    nesterov = hyper[g, 4] != 0.0
-    maximize = hyper[g, 5] != 0.0
-    neg_lr = T(-hyper[g, 0])
-    mom = T(momentum)
-    one_minus_dampening = T(1.0 - hyper[g, 2])
-    wd = T(weight_decay)
-    # torch starts the momentum buffer at the first gradient, without dampening.
-    first = step[i] == 1.0
-    for j in range(chunks[c, 1], chunks[c, 2]):
-        d = grad[j]
-        if maximize:
-            d = -d
-        if weight_decay != 0.0:
-            d = d + wd * param[j]
-        if momentum != 0.0:
-            if first:
-                buf = d
-            else:
-                buf = momentum_buffer[j] * mom + one_minus_dampening * d
-            momentum_buffer[j] = buf
-            if nesterov:
-                d = d + mom * buf
-            else:
-                d = buf
-        param[j] = param[j] + neg_lr * d
+    for c in range(first, last):
+        i = chunks[c, 0]
+        if not has_grad[i]:
+            continue
+        h = hyper[group[i]]
+        momentum = h[1] != 0.0
+        weight_decay = h[3] != 0.0
+        nesterov = h[4] != 0.0
+        maximize = h[5] != 0.0
+        neg_lr = T(-h[0])
+        mom = T(h[1])
+        one_minus_dampening = T(1.0 - h[2])
+        wd = T(h[3])
+        # torch starts the momentum buffer at the first gradient, without dampening.
+        first_step = step[i] == 1.0
+        lo, hi = np.uint64(chunks[c, 1]), np.uint64(chunks[c, 2])
+        # Steady-state steps of the usual options run a copy of the loop with constant
+        # flags (the general loop computes every branch and selects: ~1.4x slower).
+        if maximize or nesterov or (momentum and first_step):
+            update(lo, hi, neg_lr, mom, one_minus_dampening, wd,
+                   maximize, weight_decay, momentum, first_step, nesterov)
+        elif momentum and weight_decay:
+            update(lo, hi, neg_lr, mom, one_minus_dampening, wd,
+                   False, True, True, False, False)
+        elif momentum:
+            update(lo, hi, neg_lr, mom, one_minus_dampening, wd,
+                   False, False, True, False, False)
+        elif weight_decay:
+            update(lo, hi, neg_lr, mom, one_minus_dampening, wd,
+                   False, True, False, False, False)
+        else:
+            update(lo, hi, neg_lr, mom, one_minus_dampening, wd,
+                   False, False, False, False, False)
 
 
 @njit(**_OPTS)
 def _sgd_cpu(param, grad, has_grad, step, group, hyper, chunks, momentum_buffer):
     _sgd_count_steps(has_grad, step, group, hyper)
-    for c in range(chunks.shape[0]):
-        _sgd_chunk(c, param, grad, has_grad, step, group, hyper, chunks, momentum_buffer)
+    _sgd_chunks(0, chunks.shape[0], param, grad, has_grad, step, group, hyper, chunks,
+                momentum_buffer)
 
 
 @njit(**_PARALLEL_OPTS)
 def _sgd_cpu_parallel(param, grad, has_grad, step, group, hyper, chunks, momentum_buffer):
     _sgd_count_steps(has_grad, step, group, hyper)
     for c in prange(chunks.shape[0]):
-        _sgd_chunk(c, param, grad, has_grad, step, group, hyper, chunks, momentum_buffer)
+        _sgd_chunks(c, c + 1, param, grad, has_grad, step, group, hyper, chunks,
+                    momentum_buffer)
 
 
 # ---------------------------------------------------------------------------- Adam
 # hyper columns: lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
 #                decoupled_weight_decay (AdamW)
 
-@njit(**_OPTS)
-def _adam_chunk(c, param, grad, has_grad, step, group, hyper, chunks,
-                exp_avg, exp_avg_sq, max_exp_avg_sq):
-    i = chunks[c, 0]
-    if not has_grad[i]:
-        return
-    g = group[i]
+@njit(**_INLINE_OPTS)
+def _adam_chunks(first, last, param, grad, has_grad, step, group, hyper, chunks,
+                 exp_avg, exp_avg_sq, max_exp_avg_sq):
+    # Reads grad; updates param, exp_avg, exp_avg_sq and (amsgrad) max_exp_avg_sq in place.
+    # Without amsgrad max_exp_avg_sq is empty, and never read.
     T = param.dtype.type
-    lr = hyper[g, 0]
-    beta1 = hyper[g, 1]
-    beta2 = hyper[g, 2]
-    weight_decay = hyper[g, 4]
-    amsgrad = hyper[g, 5] != 0.0
-    maximize = hyper[g, 6] != 0.0
-    decoupled = hyper[g, 7] != 0.0
-    # Python floats in torch (float64 here), cast to the dtype where they meet tensors.
-    t = step[i]
-    bias_correction1 = 1.0 - beta1 ** t
-    bias_correction2 = 1.0 - beta2 ** t
-    neg_step_size = T(-(lr / bias_correction1))
-    bias_correction2_sqrt = T(bias_correction2 ** 0.5)
-    eps = T(hyper[g, 3])
-    w1 = T(1.0 - beta1)
-    one_minus_w1 = T(1.0) - w1
-    small = abs(1.0 - beta1) < 0.5
-    b2 = T(beta2)
-    one_minus_b2 = T(1.0 - beta2)
-    wd = T(weight_decay)
-    decay = T(1.0 - lr * weight_decay)
-    for j in range(chunks[c, 1], chunks[c, 2]):
-        d = grad[j]
-        if maximize:
-            d = -d
-        p = param[j]
-        if weight_decay != 0.0:
-            if decoupled:
-                p = p * decay
-            else:
-                d = d + wd * p
-        m = _lerp(exp_avg[j], d, w1, one_minus_w1, small)
-        v = exp_avg_sq[j] * b2 + one_minus_b2 * d * d
-        exp_avg[j] = m
-        exp_avg_sq[j] = v
-        if amsgrad:
-            vmax = max_exp_avg_sq[j]
-            if v > vmax or v != v:    # torch.maximum propagates NaN from either side
-                vmax = v
-            max_exp_avg_sq[j] = vmax
-            v = vmax
-        denom = np.sqrt(v) / bias_correction2_sqrt + eps
-        param[j] = p + neg_step_size * m / denom
+    for c in range(first, last):
+        i = chunks[c, 0]
+        if not has_grad[i]:
+            continue
+        h = hyper[group[i]]
+        lr = h[0]
+        beta1 = h[1]
+        beta2 = h[2]
+        weight_decay = h[4]
+        amsgrad = h[5] != 0.0
+        maximize = h[6] != 0.0
+        decoupled = h[7] != 0.0
+        # Python floats in torch (float64 here), cast to the dtype where they meet tensors.
+        t = step[i]
+        bias_correction1 = 1.0 - beta1 ** t
+        bias_correction2 = 1.0 - beta2 ** t
+        neg_step_size = T(-(lr / bias_correction1))
+        bias_correction2_sqrt = T(bias_correction2 ** 0.5)
+        eps = T(h[3])
+        w1 = T(1.0 - beta1)
+        one_minus_w1 = T(1.0) - w1
+        small = abs(1.0 - beta1) < 0.5
+        b2 = T(beta2)
+        one_minus_b2 = T(1.0 - beta2)
+        wd = T(weight_decay)
+        decay = T(1.0 - lr * weight_decay)
+        for j in range(np.uint64(chunks[c, 1]), np.uint64(chunks[c, 2])):
+            d = grad[j]
+            if maximize:
+                d = -d
+            p = param[j]
+            if weight_decay != 0.0:
+                if decoupled:
+                    p = p * decay
+                else:
+                    d = d + wd * p
+            m = _lerp(exp_avg[j], d, w1, one_minus_w1, small)
+            v = exp_avg_sq[j] * b2 + one_minus_b2 * d * d
+            exp_avg[j] = m
+            exp_avg_sq[j] = v
+            if amsgrad:
+                vmax = max_exp_avg_sq[j]
+                if v > vmax or v != v:    # torch.maximum propagates NaN from either side
+                    vmax = v
+                max_exp_avg_sq[j] = vmax
+                v = vmax
+            denom = np.sqrt(v) / bias_correction2_sqrt + eps
+            param[j] = p + neg_step_size * m / denom
 
 
 @njit(**_OPTS)
 def _adam_cpu(param, grad, has_grad, step, group, hyper, chunks,
               exp_avg, exp_avg_sq, max_exp_avg_sq):
     _count_steps(has_grad, step)
-    for c in range(chunks.shape[0]):
-        _adam_chunk(c, param, grad, has_grad, step, group, hyper, chunks,
-                    exp_avg, exp_avg_sq, max_exp_avg_sq)
+    _adam_chunks(0, chunks.shape[0], param, grad, has_grad, step, group, hyper, chunks,
+                 exp_avg, exp_avg_sq, max_exp_avg_sq)
 
 
 @njit(**_PARALLEL_OPTS)
@@ -176,66 +220,68 @@ def _adam_cpu_parallel(param, grad, has_grad, step, group, hyper, chunks,
                        exp_avg, exp_avg_sq, max_exp_avg_sq):
     _count_steps(has_grad, step)
     for c in prange(chunks.shape[0]):
-        _adam_chunk(c, param, grad, has_grad, step, group, hyper, chunks,
-                    exp_avg, exp_avg_sq, max_exp_avg_sq)
+        _adam_chunks(c, c + 1, param, grad, has_grad, step, group, hyper, chunks,
+                     exp_avg, exp_avg_sq, max_exp_avg_sq)
 
 
 # ------------------------------------------------------------------------- RMSprop
 # hyper columns: lr, alpha, eps, weight_decay, momentum, centered, maximize
 
-@njit(**_OPTS)
-def _rmsprop_chunk(c, param, grad, has_grad, step, group, hyper, chunks,
-                   square_avg, momentum_buffer, grad_avg):
-    i = chunks[c, 0]
-    if not has_grad[i]:
-        return
-    g = group[i]
+@njit(**_INLINE_OPTS)
+def _rmsprop_chunks(first, last, param, grad, has_grad, step, group, hyper, chunks,
+                    square_avg, momentum_buffer, grad_avg):
+    # Reads grad; updates param, square_avg and, when used, momentum_buffer and grad_avg
+    # (empty buffers otherwise, never read).
     T = param.dtype.type
-    alpha = hyper[g, 1]
-    weight_decay = hyper[g, 3]
-    momentum = hyper[g, 4]
-    centered = hyper[g, 5] != 0.0
-    maximize = hyper[g, 6] != 0.0
-    neg_lr = T(-hyper[g, 0])
-    eps = T(hyper[g, 2])
-    a = T(alpha)
-    w = T(1.0 - alpha)
-    one_minus_w = T(1.0) - w
-    small = abs(1.0 - alpha) < 0.5
     minus_one = T(-1.0)
-    mom = T(momentum)
-    wd = T(weight_decay)
-    for j in range(chunks[c, 1], chunks[c, 2]):
-        d = grad[j]
-        if maximize:
-            d = -d
-        p = param[j]
-        if weight_decay != 0.0:
-            d = d + wd * p
-        sq = square_avg[j] * a + w * d * d
-        square_avg[j] = sq
-        if centered:
-            ga = _lerp(grad_avg[j], d, w, one_minus_w, small)
-            grad_avg[j] = ga
-            avg = np.sqrt(sq + minus_one * ga * ga)
-        else:
-            avg = np.sqrt(sq)
-        avg = avg + eps
-        if momentum > 0.0:
-            buf = momentum_buffer[j] * mom + d / avg
-            momentum_buffer[j] = buf
-            param[j] = p + neg_lr * buf
-        else:
-            param[j] = p + neg_lr * d / avg
+    for c in range(first, last):
+        i = chunks[c, 0]
+        if not has_grad[i]:
+            continue
+        h = hyper[group[i]]
+        alpha = h[1]
+        weight_decay = h[3]
+        momentum = h[4]
+        centered = h[5] != 0.0
+        maximize = h[6] != 0.0
+        neg_lr = T(-h[0])
+        eps = T(h[2])
+        a = T(alpha)
+        w = T(1.0 - alpha)
+        one_minus_w = T(1.0) - w
+        small = abs(1.0 - alpha) < 0.5
+        mom = T(momentum)
+        wd = T(weight_decay)
+        for j in range(np.uint64(chunks[c, 1]), np.uint64(chunks[c, 2])):
+            d = grad[j]
+            if maximize:
+                d = -d
+            p = param[j]
+            if weight_decay != 0.0:
+                d = d + wd * p
+            sq = square_avg[j] * a + w * d * d
+            square_avg[j] = sq
+            if centered:
+                ga = _lerp(grad_avg[j], d, w, one_minus_w, small)
+                grad_avg[j] = ga
+                avg = np.sqrt(sq + minus_one * ga * ga)
+            else:
+                avg = np.sqrt(sq)
+            avg = avg + eps
+            if momentum > 0.0:
+                buf = momentum_buffer[j] * mom + d / avg
+                momentum_buffer[j] = buf
+                param[j] = p + neg_lr * buf
+            else:
+                param[j] = p + neg_lr * d / avg
 
 
 @njit(**_OPTS)
 def _rmsprop_cpu(param, grad, has_grad, step, group, hyper, chunks,
                  square_avg, momentum_buffer, grad_avg):
     _count_steps(has_grad, step)
-    for c in range(chunks.shape[0]):
-        _rmsprop_chunk(c, param, grad, has_grad, step, group, hyper, chunks,
-                       square_avg, momentum_buffer, grad_avg)
+    _rmsprop_chunks(0, chunks.shape[0], param, grad, has_grad, step, group, hyper, chunks,
+                    square_avg, momentum_buffer, grad_avg)
 
 
 @njit(**_PARALLEL_OPTS)
@@ -243,48 +289,52 @@ def _rmsprop_cpu_parallel(param, grad, has_grad, step, group, hyper, chunks,
                           square_avg, momentum_buffer, grad_avg):
     _count_steps(has_grad, step)
     for c in prange(chunks.shape[0]):
-        _rmsprop_chunk(c, param, grad, has_grad, step, group, hyper, chunks,
-                       square_avg, momentum_buffer, grad_avg)
+        _rmsprop_chunks(c, c + 1, param, grad, has_grad, step, group, hyper, chunks,
+                        square_avg, momentum_buffer, grad_avg)
 
 
 # ------------------------------------------------------------------------- Adagrad
 # hyper columns: lr, lr_decay, weight_decay, eps, maximize
 
-@njit(**_OPTS)
-def _adagrad_chunk(c, param, grad, has_grad, step, group, hyper, chunks, state_sum):
-    i = chunks[c, 0]
-    if not has_grad[i]:
-        return
-    g = group[i]
+@njit(**_INLINE_OPTS)
+def _adagrad_chunks(first, last, param, grad, has_grad, step, group, hyper, chunks,
+                    state_sum):
+    # Reads grad; updates param and state_sum in place.
     T = param.dtype.type
-    weight_decay = hyper[g, 2]
-    maximize = hyper[g, 4] != 0.0
-    clr = hyper[g, 0] / (1.0 + (step[i] - 1.0) * hyper[g, 1])
-    neg_clr = T(-clr)
-    eps = T(hyper[g, 3])
-    wd = T(weight_decay)
-    for j in range(chunks[c, 1], chunks[c, 2]):
-        d = grad[j]
-        if maximize:
-            d = -d
-        p = param[j]
-        if weight_decay != 0.0:
-            d = d + wd * p
-        s = state_sum[j] + d * d
-        state_sum[j] = s
-        std = np.sqrt(s) + eps
-        param[j] = p + neg_clr * d / std
+    for c in range(first, last):
+        i = chunks[c, 0]
+        if not has_grad[i]:
+            continue
+        h = hyper[group[i]]
+        weight_decay = h[2]
+        maximize = h[4] != 0.0
+        clr = h[0] / (1.0 + (step[i] - 1.0) * h[1])
+        neg_clr = T(-clr)
+        eps = T(h[3])
+        wd = T(weight_decay)
+        for j in range(np.uint64(chunks[c, 1]), np.uint64(chunks[c, 2])):
+            d = grad[j]
+            if maximize:
+                d = -d
+            p = param[j]
+            if weight_decay != 0.0:
+                d = d + wd * p
+            s = state_sum[j] + d * d
+            state_sum[j] = s
+            std = np.sqrt(s) + eps
+            param[j] = p + neg_clr * d / std
 
 
 @njit(**_OPTS)
 def _adagrad_cpu(param, grad, has_grad, step, group, hyper, chunks, state_sum):
     _count_steps(has_grad, step)
-    for c in range(chunks.shape[0]):
-        _adagrad_chunk(c, param, grad, has_grad, step, group, hyper, chunks, state_sum)
+    _adagrad_chunks(0, chunks.shape[0], param, grad, has_grad, step, group, hyper, chunks,
+                    state_sum)
 
 
 @njit(**_PARALLEL_OPTS)
 def _adagrad_cpu_parallel(param, grad, has_grad, step, group, hyper, chunks, state_sum):
     _count_steps(has_grad, step)
     for c in prange(chunks.shape[0]):
-        _adagrad_chunk(c, param, grad, has_grad, step, group, hyper, chunks, state_sum)
+        _adagrad_chunks(c, c + 1, param, grad, has_grad, step, group, hyper, chunks,
+                        state_sum)
