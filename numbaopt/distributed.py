@@ -36,7 +36,6 @@ import zlib
 from collections.abc import Mapping
 
 import numpy as np
-from numba import njit
 
 try:
     from mpi4py import MPI
@@ -45,6 +44,7 @@ except (ImportError, RuntimeError) as exc:   # RuntimeError: mpi4py found no MPI
         "numbaopt.distributed needs mpi4py and an MPI library: "
         f"pip install 'numbaopt[distributed]' (installs mpi4py and MPICH from PyPI); {exc}") from exc
 
+from .kernels.cpu import _zero_missing_grads
 from .kernels.finite import grads_finite, grads_finite_parallel
 from .optim.optimizer import Optimizer
 from .parameter import Parameter
@@ -557,15 +557,6 @@ def _average_gradients(comm, arena, device_mode):
         _device_array(has_grad).copy_to_device(flags)
 
 
-@njit(cache=True, error_model="numpy")
-def _zero_missing_grads(grad, has_grad, offsets):
-    # zero_grad() only clears the flags, so a parameter without a gradient may
-    # hold an old one in the buffer; it must enter the sum as zero (torch's DDP).
-    for i in range(has_grad.shape[0]):
-        if not has_grad[i]:
-            grad[offsets[i]:offsets[i + 1]] = 0
-
-
 def _grads_finite(arena, parallel_threshold):
     check = grads_finite_parallel if arena.size >= parallel_threshold else grads_finite
     return bool(check(arena.grad, arena.has_grad, arena.chunks))
@@ -722,36 +713,7 @@ def _mpix_query_cuda_support():
     return False
 
 
-_CUDA_KERNELS = None
-
-
 def _cuda_kernels():
     """``(zero_missing, scale)``: device twins of the host steps around the Allreduce."""
-    global _CUDA_KERNELS, cuda
-    if _CUDA_KERNELS is None:
-        # A module global, not a local: numba's CUDA simulator swaps the kernels' global `cuda`.
-        cuda = _cuda()
-
-        @cuda.jit
-        def zero_missing(grad, has_grad, offsets):
-            j = cuda.grid(1)
-            if j >= grad.shape[0]:
-                return
-            lo, hi = 0, has_grad.shape[0]       # the parameter holding element j
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if offsets[mid] <= j:
-                    lo = mid
-                else:
-                    hi = mid
-            if not has_grad[lo]:
-                grad[j] = 0
-
-        @cuda.jit
-        def scale(grad, size):
-            j = cuda.grid(1)
-            if j < grad.shape[0]:
-                grad[j] = grad[j] / size
-
-        _CUDA_KERNELS = (zero_missing, scale)
-    return _CUDA_KERNELS
+    from .kernels import cuda as kernels
+    return kernels._zero_missing_grads_cuda, kernels._scale_cuda

@@ -372,3 +372,31 @@ def launch(algorithm, args, threads_per_block=None, blocks=None, stream=0):
     """
     _LAUNCHERS[algorithm.lower()](*args, threads_per_block=threads_per_block, blocks=blocks,
                                   stream=stream)
+
+
+# ------------------------------------------------------------ data parallel (distributed.py)
+
+@cuda.jit(cache=True)
+def _zero_missing_grads_cuda(grad, has_grad, offsets):
+    # Zeroes element j of grad when its parameter has no gradient (one thread per element;
+    # a binary search of offsets finds the parameter).
+    j = cuda.grid(1)
+    if j >= grad.shape[0]:
+        return
+    lo, hi = 0, has_grad.shape[0]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if offsets[mid] <= j:
+            lo = mid
+        else:
+            hi = mid
+    if not has_grad[lo]:
+        grad[j] = 0
+
+
+@cuda.jit(cache=True)
+def _scale_cuda(grad, size):
+    # grad /= size, one thread per element (the average after a SUM Allreduce).
+    j = cuda.grid(1)
+    if j < grad.shape[0]:
+        grad[j] = grad[j] / size
