@@ -261,13 +261,17 @@ def check_no_overlap(params):
             reach, owner = hi, i
 
 
-def _chunk_table(offsets):
-    """(nchunks, 3) int64 rows ``(param, start, stop)`` covering every parameter."""
+def _chunk_table(offsets, chunk=CHUNK):
+    """(nchunks, 3) int64 rows ``(param, start, stop)`` covering every parameter.
+
+    Chunks hold at most ``chunk`` elements and never straddle two parameters.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
     sizes = np.diff(offsets)
-    counts = np.maximum(1, -(-sizes // CHUNK))   # zero-size parameters keep one empty chunk
+    counts = np.maximum(1, -(-sizes // chunk))   # zero-size parameters keep one empty chunk
     param = np.repeat(np.arange(sizes.size, dtype=np.int64), counts)
     first = np.repeat(np.cumsum(counts) - counts, counts)
     k = np.arange(param.size, dtype=np.int64) - first
-    start = offsets[param] + k * CHUNK
-    stop = np.minimum(start + CHUNK, offsets[param + 1])
+    start = offsets[param] + k * chunk
+    stop = np.minimum(start + chunk, offsets[param + 1])
     return np.ascontiguousarray(np.stack([param, start, stop], axis=1), dtype=np.int64)

@@ -58,15 +58,8 @@ def chunk_table(offsets, chunk=None):
     (read at each call). A zero-size parameter keeps one empty chunk, as in
     ``numbaopt.arena``; chunks never straddle two parameters.
     """
-    chunk = int(CHUNK if chunk is None else chunk)
-    offsets = np.asarray(offsets, dtype=np.int64)
-    sizes = np.diff(offsets)
-    counts = np.maximum(1, -(-sizes // chunk))
-    param = np.repeat(np.arange(sizes.size, dtype=np.int64), counts)
-    first = np.repeat(np.cumsum(counts) - counts, counts)
-    start = offsets[param] + (np.arange(param.size, dtype=np.int64) - first) * chunk
-    stop = np.minimum(start + chunk, offsets[param + 1])
-    return np.ascontiguousarray(np.stack([param, start, stop], axis=1), dtype=np.int64)
+    from ..arena import _chunk_table   # the CPU arena's table, with a GPU-sized chunk
+    return _chunk_table(offsets, int(CHUNK if chunk is None else chunk))
 
 
 @cuda.jit(device=True)

@@ -118,7 +118,6 @@ class Optimizer:
         self.param_groups = [ParamGroup(g, self._dirty) for g in groups]
         self._init_state(0)
         self.parallel_threshold = PARALLEL_THRESHOLD * self._parallel_scale
-        self._hyper = None
         self._sync()
 
     # -- stepping ------------------------------------------------------------------
@@ -168,7 +167,6 @@ class Optimizer:
             needed.update(self._group_state_keys(group))
         hyper = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
         arena.ensure_state(k for k in self._state_keys if k in needed)
-        self._hyper = hyper
         self._kernel, self._args, self._finite = arena.prepare(self, hyper)
         self._dirty[0] = False
 
