@@ -52,6 +52,9 @@ class Arena:
     state : dict of str to ndarray
         Optimizer state buffers in the same layout as ``data``, allocated when
         a group first needs them (``momentum_buffer`` only with momentum, ...).
+    scalars : ndarray of float64, ``(nparams, k)``
+        Per-parameter scalar state (NAdam's ``mu_product``, ASGD's ``eta`` and
+        ``mu``); ``k`` is 0 for most optimizers.
     """
 
     device = "cpu"
@@ -77,6 +80,7 @@ class Arena:
         grad = np.zeros(n, dtype=self.dtype)
         self.has_grad = np.zeros(len(params), dtype=np.bool_)
         step = np.zeros(len(params), dtype=np.float64)
+        scalars = np.zeros((len(params), 0), dtype=np.float64)
         state = {}
         kept = 0
         if previous is not None:
@@ -87,6 +91,9 @@ class Arena:
             grad[:m] = previous.to_host(previous.grad)
             self.has_grad[:kept] = previous.has_grad
             step[:kept] = previous.step_counts()
+            old_scalars = previous.scalar_values()
+            scalars = np.zeros((len(params), old_scalars.shape[1]), dtype=np.float64)
+            scalars[:kept] = old_scalars
             for name, buf in previous.state.items():
                 state[name] = np.zeros(n, dtype=self.dtype)
                 state[name][:m] = previous.to_host(buf)
@@ -112,6 +119,7 @@ class Arena:
         self.data = self._adopt(data)
         self.grad = self._adopt(grad)
         self.step = self._adopt(step)
+        self.scalars = self._adopt_scalars(scalars)
         self.state = {name: self._adopt(buf) for name, buf in state.items()}
         self._bind()
 
@@ -150,9 +158,22 @@ class Arena:
         """Make a buffer of this arena from a host array (the CPU arena keeps it)."""
         return host_array
 
+    def _adopt_scalars(self, host_scalars):
+        """Make the scalar-state table from a host ``(nparams, k)`` array."""
+        return host_scalars
+
     def to_host(self, buffer):
         """A host ndarray with ``buffer``'s values (the buffer itself on the CPU)."""
         return buffer
+
+    def ensure_scalars(self, k):
+        """Give the scalar-state table ``k`` columns (zeros) if it has none yet."""
+        if self.scalar_values().shape[1] != k:
+            self.scalars = self._adopt_scalars(np.zeros((len(self.params), k), dtype=np.float64))
+
+    def scalar_values(self):
+        """Per-parameter scalar state as a host float64 ``(nparams, k)`` array."""
+        return self.scalars
 
     def param_to_host(self, buffer, i):
         """A host copy of parameter ``i``'s slice of ``buffer``."""
@@ -172,9 +193,10 @@ class Arena:
         """Set elements ``start:`` of state buffer ``name`` to ``value``."""
         self.state[name][start:] = value
 
-    def load(self, step, buffers):
-        """Replace the step counts and state buffers with host arrays (copied in)."""
+    def load(self, step, buffers, scalars):
+        """Replace the step counts, scalar state and state buffers with host arrays (copied in)."""
         self.step[:] = step
+        self.scalars = self._adopt_scalars(np.array(scalars, dtype=np.float64))
         for name, buf in buffers.items():
             if name in self.state:
                 self.state[name][:] = buf
@@ -206,14 +228,20 @@ class Arena:
         return self.step[i:i + 1].reshape(())
 
     def prepare(self, optimizer, hyper):
-        """The step's kernel, its arguments, and a no-argument all-gradients-finite check."""
+        """The step's kernel, its arguments, and a no-argument all-gradients-finite check.
+
+        The arguments are the elementwise kernels' (``numbaopt.kernels.elementwise``):
+        ``(data, grad, has_grad, step, group, hyper, chunks, scalars, *buffers)``
+        with the optimizer's state buffers last (empty where unused).
+        """
         empty = np.empty(0, dtype=self.dtype)
+        state = tuple(self.state.get(k, empty) for k in optimizer._state_keys)
         args = (self.data, self.grad, self.has_grad, self.step, self.param_group, hyper,
-                self.chunks) + tuple(self.state.get(k, empty) for k in optimizer._state_keys)
+                self.chunks, self.scalars) + state
         parallel = self.size >= optimizer.parallel_threshold
         check = grads_finite_parallel if parallel else grads_finite
         grad, has_grad, chunks = self.grad, self.has_grad, self.chunks
-        return optimizer._kernels[parallel], args, lambda: check(grad, has_grad, chunks)
+        return optimizer._rule.cpu()[parallel], args, lambda: check(grad, has_grad, chunks)
 
 
 def _host_value(value):

@@ -45,12 +45,30 @@ class CudaArena(Arena):
         super().__init__(groups, dtype, previous)
         self._chunks = kernels.chunk_table(self.offsets, kernels.CHUNK)
         self.step = cuda.to_device(kernels.chunk_steps(self.step.copy_to_host(), self._chunks))
+        self.scalars = self._adopt_scalars(self._host_scalars)
         self._d_group = cuda.to_device(self.param_group)
         self._d_chunks = cuda.to_device(self._chunks)
         self._d_has_grad = cuda.to_device(self.has_grad)
 
     def _adopt(self, host_array):
         return cuda.to_device(host_array)
+
+    def _adopt_scalars(self, host_scalars):
+        # Per parameter on the host; per chunk on the device, as the step counts.
+        if not hasattr(self, "_chunks"):   # during Arena.__init__, before the chunk table
+            self._host_scalars = host_scalars
+            return None
+        per_chunk = np.ascontiguousarray(kernels.chunk_steps(host_scalars, self._chunks).reshape(
+            self._chunks.shape[0], host_scalars.shape[1]))
+        if per_chunk.size == 0:
+            return cuda.device_array(per_chunk.shape, dtype=np.float64)
+        return cuda.to_device(per_chunk)
+
+    def scalar_values(self):
+        k = self.scalars.shape[1]
+        if k == 0:
+            return np.zeros((len(self.params), 0), dtype=np.float64)
+        return np.asarray(kernels.param_steps(self.scalars.copy_to_host(), self._chunks))
 
     def to_host(self, buffer):
         return buffer.copy_to_host()
@@ -63,8 +81,9 @@ class CudaArena(Arena):
         if n:
             self.state[name][start:].copy_to_device(np.full(n, value, dtype=self.dtype))
 
-    def load(self, step, buffers):
+    def load(self, step, buffers, scalars):
         self.step.copy_to_device(kernels.chunk_steps(step, self._chunks))
+        self.scalars = self._adopt_scalars(np.array(scalars, dtype=np.float64))
         for name, buf in buffers.items():
             if name in self.state:
                 if buf.size:
@@ -107,10 +126,10 @@ class CudaArena(Arena):
     def prepare(self, optimizer, hyper):
         empty = cuda.device_array(0, dtype=self.dtype)
         d_has_grad, d_chunks = self._d_has_grad, self._d_chunks
+        state = tuple(self.state.get(k, empty) for k in optimizer._state_keys)
         args = (self.data, self.grad, d_has_grad, self.step, self._d_group,
-                cuda.to_device(hyper), d_chunks) + tuple(
-                    self.state.get(k, empty) for k in optimizer._state_keys)
-        launcher = getattr(kernels, optimizer._kernel_name)
+                cuda.to_device(hyper), d_chunks, self.scalars) + state
+        launcher = optimizer._rule.cuda()
         has_grad, grad = self.has_grad, self.grad
 
         def step(*args):

@@ -128,6 +128,145 @@ class ReferenceOptimizer:
         state["sum"] = state["sum"] + g * g
         p[...] = p + T(-clr) * g / (np.sqrt(state["sum"]) + T(o["eps"]))
 
+    def _adadelta(self, p, g, state, o):
+        T = p.dtype.type
+        if not state:
+            state.update(step=0.0, square_avg=np.zeros_like(p), acc_delta=np.zeros_like(p))
+        state["step"] += 1
+        if o["maximize"]:
+            g = -g
+        if o["weight_decay"] != 0:
+            g = g + T(o["weight_decay"]) * p
+        rho, eps = o["rho"], o["eps"]
+        sq = state["square_avg"] = state["square_avg"] * T(rho) + T(1 - rho) * g * g
+        std = np.sqrt(sq + T(eps))
+        delta = np.sqrt(state["acc_delta"] + T(eps)) / std * g
+        state["acc_delta"] = state["acc_delta"] * T(rho) + T(1 - rho) * delta * delta
+        p[...] = p + T(-o["lr"]) * delta
+
+    def _adamax(self, p, g, state, o):
+        T = p.dtype.type
+        if not state:
+            state.update(step=0.0, exp_avg=np.zeros_like(p), exp_inf=np.zeros_like(p))
+        if o["maximize"]:
+            g = -g
+        state["step"] += 1
+        (beta1, beta2), wd = o["betas"], o["weight_decay"]
+        if wd != 0:
+            g = g + T(wd) * p
+        state["exp_avg"] = _lerp(state["exp_avg"], g, 1 - beta1)
+        # torch.maximum propagates NaN, as np.maximum does.
+        state["exp_inf"] = np.maximum(state["exp_inf"] * T(beta2), np.abs(g) + T(o["eps"]))
+        clr = o["lr"] / (1 - beta1 ** state["step"])
+        p[...] = p + T(-clr) * state["exp_avg"] / state["exp_inf"]
+
+    def _nadam(self, p, g, state, o):
+        T = p.dtype.type
+        if not state:
+            # torch keeps mu_product as a 0-d float32 tensor, whatever the parameter's dtype.
+            state.update(step=0.0, mu_product=np.array(1.0, dtype=np.float32),
+                         exp_avg=np.zeros_like(p), exp_avg_sq=np.zeros_like(p))
+        if o["maximize"]:
+            g = -g
+        state["step"] += 1
+        step = state["step"]
+        lr, (beta1, beta2), wd = o["lr"], o["betas"], o["weight_decay"]
+        bias_correction2 = 1 - beta2 ** step
+        if wd != 0:
+            if o["decoupled_weight_decay"]:
+                p[...] = p * T(1 - lr * wd)
+            else:
+                g = g + T(wd) * p
+        mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * o["momentum_decay"])))
+        mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * o["momentum_decay"])))
+        # float32 tensor *= Python float: torch casts the scalar to float32 and
+        # multiplies in float32 (not float64 then round).
+        state["mu_product"] = np.array(np.float32(state["mu_product"]) * np.float32(mu))
+        mu_product = float(state["mu_product"])
+        state["exp_avg"] = _lerp(state["exp_avg"], g, 1 - beta1)
+        state["exp_avg_sq"] = state["exp_avg_sq"] * T(beta2) + T(1 - beta2) * g * g
+        denom = np.sqrt(state["exp_avg_sq"] / T(bias_correction2)) + T(o["eps"])
+        mu_product_next = mu_product * mu_next
+        p[...] = p + T(-lr * (1.0 - mu) / (1.0 - mu_product)) * g / denom
+        p[...] = p + T((-lr * mu_next) / (1.0 - mu_product_next)) * state["exp_avg"] / denom
+
+    def _radam(self, p, g, state, o):
+        T = p.dtype.type
+        if not state:
+            state.update(step=0.0, exp_avg=np.zeros_like(p), exp_avg_sq=np.zeros_like(p))
+        if o["maximize"]:
+            g = -g
+        state["step"] += 1
+        step = state["step"]
+        lr, (beta1, beta2), wd = o["lr"], o["betas"], o["weight_decay"]
+        if wd != 0:
+            if o["decoupled_weight_decay"]:
+                p[...] = p * T(1 - lr * wd)
+            else:
+                g = g + T(wd) * p
+        state["exp_avg"] = _lerp(state["exp_avg"], g, 1 - beta1)
+        state["exp_avg_sq"] = state["exp_avg_sq"] * T(beta2) + T(1 - beta2) * g * g
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2 = 1 - beta2 ** step
+        x = state["exp_avg"] / T(bias_correction1) * T(lr)
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2
+        if rho_t > 5.0:
+            rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
+                    / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+            # float / tensor is tensor.reciprocal() * float in torch.
+            adaptive_lr = (T(1) / (np.sqrt(state["exp_avg_sq"]) + T(o["eps"]))
+                           * T(bias_correction2 ** 0.5))
+            x = x * adaptive_lr * T(rect)
+        p[...] = p - x
+
+    def _asgd(self, p, g, state, o):
+        T = p.dtype.type
+        if not state:
+            # step, eta and mu are 0-d float32 tensors in torch; eta starts at float32(lr).
+            state.update(step=0.0, eta=np.array(o["lr"], dtype=np.float32),
+                         mu=np.array(1.0, dtype=np.float32), ax=np.zeros_like(p))
+        if o["maximize"]:
+            g = -g
+        state["step"] += 1
+        lr, lambd = o["lr"], o["lambd"]
+        if o["weight_decay"] != 0:
+            g = g + T(o["weight_decay"]) * p
+        eta = float(state["eta"])
+        p[...] = p * T(1 - lambd * eta)
+        p[...] = p + T(-eta) * g
+        mu = float(state["mu"])
+        if mu != 1:
+            state["ax"] = state["ax"] + (p - state["ax"]) * T(mu)
+        else:
+            state["ax"] = p.copy()
+        step = state["step"]
+        state["eta"] = np.array(lr / ((1 + lambd * lr * step) ** o["alpha"]), dtype=np.float32)
+        state["mu"] = np.array(1 / max(1, step - o["t0"]), dtype=np.float32)
+
+    def _rprop(self, p, g, state, o):
+        T = p.dtype.type
+        if not state:
+            state.update(step=0.0, prev=np.zeros_like(p), step_size=np.full_like(p, o["lr"]))
+        state["step"] += 1
+        if o["maximize"]:
+            g = -g
+        etaminus, etaplus = T(o["etas"][0]), T(o["etas"][1])
+        lo, hi = T(o["step_sizes"][0]), T(o["step_sizes"][1])
+
+        def sign(x):  # torch.sign: 0 for NaN (np.sign gives NaN)
+            return (x > 0).astype(p.dtype) - (x < 0).astype(p.dtype)
+
+        s = sign(g * state["prev"])
+        s = np.where(s > 0, etaplus, s)
+        s = np.where(s < 0, etaminus, s)
+        s = np.where(s == 0, T(1), s).astype(p.dtype)
+        # clamp_(min, max) = min(max(x, min), max), NaN propagating.
+        state["step_size"] = np.minimum(np.maximum(state["step_size"] * s, lo), hi)
+        g = np.where(s == etaminus, T(0), g).astype(p.dtype)
+        p[...] = p + T(-1) * sign(g) * state["step_size"]
+        state["prev"] = g
+
 
 DEFAULTS = {
     "SGD": dict(lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, maximize=False),
@@ -139,6 +278,14 @@ DEFAULTS = {
                     maximize=False),
     "Adagrad": dict(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
                     maximize=False),
+    "Adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, maximize=False),
+    "Adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, maximize=False),
+    "NAdam": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
+                  decoupled_weight_decay=False, maximize=False),
+    "RAdam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                  decoupled_weight_decay=False, maximize=False),
+    "ASGD": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0, maximize=False),
+    "Rprop": dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False),
 }
 
 

@@ -148,8 +148,10 @@ def test_per_group_options_and_defaults(rng):
     opt = optim.SGD([{"params": [base], "lr": 1e-2}, {"params": [head]}], lr=1e-3, momentum=0.9)
     assert opt.param_groups[0]["lr"] == 1e-2 and opt.param_groups[1]["lr"] == 1e-3
     assert all(g["momentum"] == 0.9 for g in opt.param_groups)
+    # torch's defaults, implementation flags included
     assert opt.defaults == dict(lr=1e-3, momentum=0.9, dampening=0, weight_decay=0,
-                                nesterov=False, maximize=False)
+                                nesterov=False, maximize=False, foreach=None,
+                                differentiable=False, fused=None)
 
 
 def test_changing_a_group_option_takes_effect_next_step():
@@ -297,7 +299,10 @@ def test_load_torch_state_dict_and_continue(rng):
     opt = optim.Adam([{"params": params[:1]}, {"params": params[1:]}])
     opt.load_state_dict(converted)
     assert opt.param_groups[1]["lr"] == 0.05 and opt.param_groups[0]["amsgrad"] is True
-    assert "foreach" not in opt.param_groups[0]
+    # torch's implementation flags travel with the groups, as in torch
+    assert {k: v for k, v in opt.param_groups[0].items() if k != "params"} == \
+        {k: v for k, v in tsd["param_groups"][0].items() if k != "params"}
+    assert opt.state_dict()["param_groups"] == tsd["param_groups"]
     for k in range(6, 12):
         for t, p, g in zip(tparams, params, grads[k]):
             t.grad = torch.tensor(g)
@@ -410,7 +415,7 @@ def test_single_parameter_and_duplicates_and_dtypes(rng):
     with pytest.raises(TypeError, match="float32 or float64"):
         P(np.zeros(2, np.complex128))
     with pytest.raises(TypeError, match="unexpected keyword"):
-        optim.SGD([a], lr=0.1, foreach=True)
+        optim.SGD([a], lr=0.1, capturable=True)   # torch's SGD has no capturable either
 
 
 def test_repr_like_torch(rng):

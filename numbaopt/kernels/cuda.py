@@ -1,33 +1,34 @@
-"""@cuda.jit twins of the kernels in ``cpu.py``, and the host code that launches them.
+"""The CUDA kernel of every elementwise rule, and the host code that launches it.
 
 Imported lazily by the host (``numba.cuda`` comes from the optional ``numba-cuda``
-package). Every update kernel takes the CPU kernels' arguments, as device arrays:
+package). ``Launcher(rule)`` compiles one kernel per rule from the template
+``_kernel`` below, with the rule's own functions (``numbaopt.kernels.elementwise``)
+bound into its globals: the per-element math is the same source as on the CPU.
+It takes the CPU kernels' arguments, as device arrays:
 
-    kernel(param, grad, has_grad, step, group, hyper, chunks, *state)
+    kernel(param, grad, has_grad, step, group, hyper, chunks, scalars, *buffers)
 
-with the same hyper columns (given beside each kernel) and the same arithmetic,
-operation by operation, in the parameter's dtype. No fastmath. One difference
-the compiler brings and no option of numba-cuda removes: NVVM contracts a
-multiply followed by an add into one fused multiply-add (torch's CPU kernels
-do too), so on a GPU float32 results agree with the CPU kernels to rounding,
-not bit for bit. Under the simulator (``NUMBA_ENABLE_CUDASIM=1``) they match.
+No fastmath. One difference the compiler brings and no option of numba-cuda
+removes: NVVM contracts a multiply followed by an add into one fused
+multiply-add (torch's CPU kernels do too), so on a GPU float32 results agree
+with the CPU kernels to rounding, not bit for bit. Under the simulator
+(``NUMBA_ENABLE_CUDASIM=1``) the rule runs as Python with NumPy scalars
+(``numbaopt.kernels.scalar.PYTHON_TWINS``), and they match.
 
-A step is ONE launch (``launch``, or the callables ``sgd``, ``adam``, ``adamw``,
-``rmsprop``, ``adagrad`` with the CPU kernels' signature). Each block takes chunks
-``blockIdx.x, blockIdx.x + gridDim.x, ...`` of the ``chunks`` table and its
-threads stride through the chunk (thread ``t`` does elements ``start + t,
-start + t + blockDim.x, ...``: coalesced). A chunk never straddles two
-parameters, so a block reads its parameter's flag, group and step once per
-chunk, with no search per element, and skips whole chunks of parameters
-without a gradient.
+A step is ONE launch. Each block takes chunks ``blockIdx.x, blockIdx.x +
+gridDim.x, ...`` of the ``chunks`` table and its threads stride through the
+chunk (thread ``t`` does elements ``start + t, start + t + blockDim.x, ...``:
+coalesced). A chunk never straddles two parameters, so a block reads its
+parameter's flag, group and step once per chunk, with no search per element,
+and skips whole chunks of parameters without a gradient.
 
-The one difference from the CPU signature: on the GPU ``step`` holds a count
-per CHUNK, not per parameter. Every chunk of a parameter advances together
-(they share the has-grad flag), so the counts stay equal, and each block
-advances only the counters of its own chunks: no two blocks touch one counter,
-so a single launch is race-free (a per-parameter counter would need a second
-launch, since blocks of one parameter run in no order). ``chunk_steps`` and
-``param_steps`` convert between the two layouts.
+The one difference from the CPU layout: on the GPU ``step`` and the rows of
+``scalars`` are per CHUNK, not per parameter. Every chunk of a parameter
+advances together (they share the has-grad flag), so the copies stay equal,
+and each block advances only its own chunks: no two blocks touch one
+counter, so a single launch is race-free (a per-parameter counter would need a
+second launch, since blocks of one parameter run in no order).
+``chunk_steps`` and ``param_steps`` convert between the two layouts.
 
 The arena's own ``chunks`` table works; ``chunk_table(offsets)`` builds one
 with GPU-sized chunks (``CHUNK``), so a mid-sized arena still makes enough
@@ -39,9 +40,11 @@ import math
 import numpy as np
 from numba import config, cuda
 
-__all__ = ["CHUNK", "THREADS_PER_BLOCK", "Launcher", "adagrad", "adam", "adamw", "chunk_steps",
-           "chunk_table", "param_steps",
-           "grads_finite", "launch", "rmsprop", "sgd"]
+from . import scalar
+from .elementwise import bind, python_twin, templates, twin
+
+__all__ = ["CHUNK", "THREADS_PER_BLOCK", "Launcher", "chunk_steps", "chunk_table",
+           "param_steps", "grads_finite"]
 
 #: Threads per block of every launch, read at each launch (tests set it tiny).
 THREADS_PER_BLOCK = 256
@@ -62,35 +65,6 @@ def chunk_table(offsets, chunk=None):
     return _chunk_table(offsets, int(CHUNK if chunk is None else chunk))
 
 
-@cuda.jit(device=True)
-def _lerp(start, end, weight, one_minus_weight, small):
-    # torch's lerp: the formula switches at |weight| = 0.5 for accuracy.
-    if small:
-        return start + weight * (end - start)
-    return end - (end - start) * one_minus_weight
-
-
-if config.ENABLE_CUDASIM:
-    # The simulator runs device functions as Python, where math.sqrt raises on a
-    # negative number; the GPU's sqrt (and np.sqrt) gives NaN, as torch does.
-    _sqrt = np.sqrt
-else:
-    @cuda.jit(device=True)
-    def _sqrt(x):
-        # math.sqrt: numba-cuda has no np.sqrt in kernels. IEEE sqrt.rn without fastmath.
-        return math.sqrt(x)
-
-
-@cuda.jit(device=True)
-def _advance(step, c, increment):
-    # The chunk's new count; every thread reads the old one before thread 0 writes it.
-    t = step[c] + increment
-    cuda.syncthreads()
-    if cuda.threadIdx.x == 0:
-        step[c] = t
-    return t
-
-
 def chunk_steps(param_steps, chunks):
     """Per-chunk step counts (the GPU layout) from per-parameter counts."""
     return np.ascontiguousarray(np.asarray(param_steps, dtype=np.float64)[chunks[:, 0]])
@@ -104,190 +78,41 @@ def param_steps(chunk_steps, chunks):
     return chunk_steps[first]
 
 
-# ---------------------------------------------------------------------------- SGD
-# hyper columns: lr, momentum, dampening, weight_decay, nesterov, maximize
-# step counts the steps taken with momentum, so step == 1 means "no buffer yet".
 
-@cuda.jit(cache=True)
-def _sgd_cuda(param, grad, has_grad, step, group, hyper, chunks, momentum_buffer):
-    # Reads grad, has_grad, step; updates param and momentum_buffer in place.
+# ------------------------------------------------------------------------ the template
+# counts_step, coefficients, advance and update are bound per rule by Launcher; {args} is
+# one argument per state buffer (see numbaopt.kernels.elementwise.templates).
+
+_TEMPLATE = """
+def _kernel(param, grad, has_grad, step, group, hyper, chunks, scalars{args}):
+    # Reads grad and has_grad; updates param, the buffers, and the chunk's step and scalars.
     T = param.dtype.type
     for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
         i = chunks[c, 0]
         if not has_grad[i]:
             continue
         g = group[i]
-        momentum = hyper[g, 1]
-        weight_decay = hyper[g, 3]
-        nesterov = hyper[g, 4] != 0.0
-        maximize = hyper[g, 5] != 0.0
-        neg_lr = T(-hyper[g, 0])
-        mom = T(momentum)
-        one_minus_dampening = T(1.0 - hyper[g, 2])
-        wd = T(weight_decay)
-        # torch starts the momentum buffer at the first gradient, without dampening.
-        first = _advance(step, c, 1.0 if momentum != 0.0 else 0.0) == 1.0
-        for j in range(chunks[c, 1] + cuda.threadIdx.x, chunks[c, 2], cuda.blockDim.x):
-            d = grad[j]
-            if maximize:
-                d = -d
-            if weight_decay != 0.0:
-                d = d + wd * param[j]
-            if momentum != 0.0:
-                if first:
-                    buf = d
-                else:
-                    buf = momentum_buffer[j] * mom + one_minus_dampening * d
-                momentum_buffer[j] = buf
-                if nesterov:
-                    d = d + mom * buf
-                else:
-                    d = buf
-            param[j] = param[j] + neg_lr * d
+        t = step[c]
+        if counts_step(hyper, g):
+            t += 1.0
+        h = hyper[g]
+        k = coefficients(h, t, scalars, c, T)
+        # Every thread has read step[c] and scalars[c] before thread 0 changes them.
+        cuda.syncthreads()
+        if cuda.threadIdx.x == 0:
+            step[c] = t
+            advance(h, t, scalars, c)
+        update(chunks[c, 1] + cuda.threadIdx.x, chunks[c, 2], cuda.blockDim.x, k, param,
+               grad{args})
+"""
 
 
-# --------------------------------------------------------------------------- Adam
-# hyper columns: lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-#                decoupled_weight_decay (AdamW)
-
-@cuda.jit(cache=True)
-def _adam_cuda(param, grad, has_grad, step, group, hyper, chunks,
-               exp_avg, exp_avg_sq, max_exp_avg_sq):
-    # Reads grad, has_grad, step; updates param and the three moments in place.
-    T = param.dtype.type
-    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
-        i = chunks[c, 0]
-        if not has_grad[i]:
-            continue
-        g = group[i]
-        lr = hyper[g, 0]
-        beta1 = hyper[g, 1]
-        beta2 = hyper[g, 2]
-        weight_decay = hyper[g, 4]
-        amsgrad = hyper[g, 5] != 0.0
-        maximize = hyper[g, 6] != 0.0
-        decoupled = hyper[g, 7] != 0.0
-        # Python floats in torch (float64 here), cast to the dtype where they meet tensors.
-        t = _advance(step, c, 1.0)
-        bias_correction1 = 1.0 - beta1 ** t
-        bias_correction2 = 1.0 - beta2 ** t
-        neg_step_size = T(-(lr / bias_correction1))
-        bias_correction2_sqrt = T(bias_correction2 ** 0.5)
-        eps = T(hyper[g, 3])
-        w1 = T(1.0 - beta1)
-        one_minus_w1 = T(1.0) - w1
-        small = abs(1.0 - beta1) < 0.5
-        b2 = T(beta2)
-        one_minus_b2 = T(1.0 - beta2)
-        wd = T(weight_decay)
-        decay = T(1.0 - lr * weight_decay)
-        for j in range(chunks[c, 1] + cuda.threadIdx.x, chunks[c, 2], cuda.blockDim.x):
-            d = grad[j]
-            if maximize:
-                d = -d
-            p = param[j]
-            if weight_decay != 0.0:
-                if decoupled:
-                    p = p * decay
-                else:
-                    d = d + wd * p
-            m = _lerp(exp_avg[j], d, w1, one_minus_w1, small)
-            v = exp_avg_sq[j] * b2 + one_minus_b2 * d * d
-            exp_avg[j] = m
-            exp_avg_sq[j] = v
-            if amsgrad:
-                vmax = max_exp_avg_sq[j]
-                if v > vmax or v != v:    # torch.maximum propagates NaN from either side
-                    vmax = v
-                max_exp_avg_sq[j] = vmax
-                v = vmax
-            denom = T(_sqrt(v)) / bias_correction2_sqrt + eps
-            param[j] = p + neg_step_size * m / denom
+def _no_advance(h, t, s, i):
+    pass
 
 
-# ------------------------------------------------------------------------ RMSprop
-# hyper columns: lr, alpha, eps, weight_decay, momentum, centered, maximize
-
-@cuda.jit(cache=True)
-def _rmsprop_cuda(param, grad, has_grad, step, group, hyper, chunks,
-                  square_avg, momentum_buffer, grad_avg):
-    # Reads grad, has_grad; updates param, square_avg, momentum_buffer, grad_avg and the
-    # chunk step counts in place.
-    T = param.dtype.type
-    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
-        i = chunks[c, 0]
-        if not has_grad[i]:
-            continue
-        _advance(step, c, 1.0)
-        g = group[i]
-        alpha = hyper[g, 1]
-        weight_decay = hyper[g, 3]
-        momentum = hyper[g, 4]
-        centered = hyper[g, 5] != 0.0
-        maximize = hyper[g, 6] != 0.0
-        neg_lr = T(-hyper[g, 0])
-        eps = T(hyper[g, 2])
-        a = T(alpha)
-        w = T(1.0 - alpha)
-        one_minus_w = T(1.0) - w
-        small = abs(1.0 - alpha) < 0.5
-        minus_one = T(-1.0)
-        mom = T(momentum)
-        wd = T(weight_decay)
-        for j in range(chunks[c, 1] + cuda.threadIdx.x, chunks[c, 2], cuda.blockDim.x):
-            d = grad[j]
-            if maximize:
-                d = -d
-            p = param[j]
-            if weight_decay != 0.0:
-                d = d + wd * p
-            sq = square_avg[j] * a + w * d * d
-            square_avg[j] = sq
-            if centered:
-                ga = _lerp(grad_avg[j], d, w, one_minus_w, small)
-                grad_avg[j] = ga
-                avg = T(_sqrt(sq + minus_one * ga * ga))
-            else:
-                avg = T(_sqrt(sq))
-            avg = avg + eps
-            if momentum > 0.0:
-                buf = momentum_buffer[j] * mom + d / avg
-                momentum_buffer[j] = buf
-                param[j] = p + neg_lr * buf
-            else:
-                param[j] = p + neg_lr * d / avg
-
-
-# ------------------------------------------------------------------------ Adagrad
-# hyper columns: lr, lr_decay, weight_decay, eps, maximize
-
-@cuda.jit(cache=True)
-def _adagrad_cuda(param, grad, has_grad, step, group, hyper, chunks, state_sum):
-    # Reads grad, has_grad, step; updates param and state_sum in place.
-    T = param.dtype.type
-    for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
-        i = chunks[c, 0]
-        if not has_grad[i]:
-            continue
-        g = group[i]
-        weight_decay = hyper[g, 2]
-        maximize = hyper[g, 4] != 0.0
-        t = _advance(step, c, 1.0)
-        clr = hyper[g, 0] / (1.0 + (t - 1.0) * hyper[g, 1])
-        neg_clr = T(-clr)
-        eps = T(hyper[g, 3])
-        wd = T(weight_decay)
-        for j in range(chunks[c, 1] + cuda.threadIdx.x, chunks[c, 2], cuda.blockDim.x):
-            d = grad[j]
-            if maximize:
-                d = -d
-            p = param[j]
-            if weight_decay != 0.0:
-                d = d + wd * p
-            s = state_sum[j] + d * d
-            state_sum[j] = s
-            std = T(_sqrt(s)) + eps
-            param[j] = p + neg_clr * d / std
+def _always(hyper, g):
+    return True
 
 
 # ------------------------------------------------------------------ skip_nonfinite
@@ -325,17 +150,56 @@ def grads_finite(grad, has_grad, chunks, threads_per_block=None, blocks=None, st
 class Launcher:
     """One optimizer step on device arrays, callable like the CPU kernels.
 
-    ``launcher(param, grad, has_grad, step, group, hyper, chunks, *state)`` with
-    ``numba.cuda`` device arrays (host arrays would be copied both ways at every
-    launch; ``step`` per chunk, see the module docstring) makes one launch on
-    ``stream`` (default: the default stream; asynchronous). ``threads_per_block``
-    defaults to the module's ``THREADS_PER_BLOCK``; ``blocks`` (default: one per
-    chunk) may be smaller, each block then walks several chunks.
+    ``Launcher(rule)(param, grad, has_grad, step, group, hyper, chunks, scalars, *buffers)``
+    with ``numba.cuda`` device arrays (host arrays would be copied both ways at
+    every launch; ``step`` and ``scalars`` per chunk, see the module docstring)
+    makes one launch on ``stream`` (default: the default stream; asynchronous).
+    ``threads_per_block`` defaults to the module's ``THREADS_PER_BLOCK``;
+    ``blocks`` (default: one per chunk) may be smaller, each block then walks
+    several chunks. The kernel is compiled on first use (cached on disk).
     """
 
-    def __init__(self, name, update):
-        self.name = name
-        self.update = update
+    def __init__(self, rule):
+        self.rule = rule
+        self._kernel = None
+
+    @property
+    def kernel(self):
+        """The rule's ``@cuda.jit`` kernel (compiled at its first launch)."""
+        if self._kernel is None:
+            self._kernel = cuda.jit(cache=True)(self._bound())
+        return self._kernel
+
+    def ptx(self, dtype, cc=(9, 0)):
+        """The kernel's PTX for ``dtype`` arenas, compiled without a GPU (needs NVVM)."""
+        from numba import types
+        from numba.np.numpy_support import from_dtype
+        arr = types.Array(from_dtype(np.dtype(dtype)), 1, "C")
+        i64, f64 = types.Array(types.int64, 1, "C"), types.Array(types.float64, 1, "C")
+        sig = (arr, arr, types.Array(types.boolean, 1, "C"), f64, i64,
+               types.Array(types.float64, 2, "C"), types.Array(types.int64, 2, "C"),
+               types.Array(types.float64, 2, "C")) + (arr,) * self.rule.n_state
+        ptx, _ = cuda.compile_ptx(self._bound(), sig, cc=cc)
+        return ptx
+
+    def _bound(self):
+        """The template with the rule's functions bound in, for this target."""
+        rule = self.rule
+        functions = dict(coefficients=rule.coefficients, update=rule.update,
+                         advance=rule.advance or _no_advance,
+                         counts_step=rule.counts_step or _always)
+        if config.ENABLE_CUDASIM:
+            # The simulator runs the kernel as Python: the rule's Python functions, with
+            # NumPy twins of the scalar helpers, so float32 stays float32.
+            env = {name: python_twin(f) for name, f in functions.items()}
+        else:
+            # Every compiled function the rule calls becomes an inlined device function,
+            # the scalar helpers their CUDA twins (math.sqrt: no np.sqrt in kernels).
+            device = cuda.jit(device=True, inline="always")
+            env = {name: device(twin(f, scalar.CUDA_TWINS, device))
+                   for name, f in functions.items()}
+        template = templates(rule.n_state, _TEMPLATE, globals())["_kernel"]
+        return bind(template, env, f"_kernel_{rule.tag}")
 
     def __call__(self, *args, threads_per_block=None, blocks=None, stream=0):
         tpb = int(THREADS_PER_BLOCK if threads_per_block is None else threads_per_block)
@@ -343,28 +207,10 @@ class Launcher:
         if nchunks == 0:
             return
         nblocks = nchunks if blocks is None else max(1, min(int(blocks), nchunks))
-        self.update[nblocks, tpb, stream](*args)
+        self.kernel[nblocks, tpb, stream](*args)
 
     def __repr__(self):
-        return f"<numbaopt CUDA step {self.name!r}>"
-
-
-sgd = Launcher("sgd", _sgd_cuda)
-adam = Launcher("adam", _adam_cuda)
-adamw = adam    # AdamW is Adam with decoupled_weight_decay set in its hyper row
-rmsprop = Launcher("rmsprop", _rmsprop_cuda)
-adagrad = Launcher("adagrad", _adagrad_cuda)
-
-_LAUNCHERS = {"sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop, "adagrad": adagrad}
-
-
-def launch(algorithm, args, threads_per_block=None, blocks=None, stream=0):
-    """One step of ``algorithm`` ("sgd", "adam", "adamw", "rmsprop", "adagrad") on ``args``.
-
-    ``args`` is the CPU kernels' argument tuple as device arrays; see ``Launcher``.
-    """
-    _LAUNCHERS[algorithm.lower()](*args, threads_per_block=threads_per_block, blocks=blocks,
-                                  stream=stream)
+        return f"<numbaopt CUDA step {self.rule.name!r}>"
 
 
 # ------------------------------------------------------------ data parallel (distributed.py)

@@ -1,10 +1,18 @@
 """Optimizers with torch.optim's API over one flat arena per optimizer."""
 
+from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adamax import Adamax
+from .asgd import ASGD
+from .elementwise import ElementwiseOptimizer
+from .nadam import NAdam
 from .optimizer import Optimizer
+from .radam import RAdam
 from .rmsprop import RMSprop
+from .rprop import Rprop
 from .sgd import SGD
 from . import lr_scheduler  # noqa: E402  (needs Optimizer)
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "lr_scheduler"]
+__all__ = ["Optimizer", "ElementwiseOptimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+           "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "lr_scheduler"]

@@ -1,12 +1,12 @@
 """Adam and AdamW (torch.optim.Adam / torch.optim.AdamW)."""
 
-from ..kernels.cpu import _adam_cpu, _adam_cpu_parallel
-from .optimizer import Optimizer, check_flag, check_option
+from .elementwise import ElementwiseOptimizer, lerp, maximum, sqrt
+from .optimizer import check_betas, check_flag, check_implementation_flags, check_option
 
 __all__ = ["Adam", "AdamW"]
 
 
-class Adam(Optimizer):
+class Adam(ElementwiseOptimizer):
     """Adam (torch.optim.Adam), with AMSGrad and decoupled weight decay options.
 
     Per parameter, at its step ``t``, with ``g`` the gradient (negated when ``maximize``)::
@@ -26,11 +26,14 @@ class Adam(Optimizer):
     amsgrad : bool, default False
     maximize : bool, default False
     skip_nonfinite : bool, default False
-        Skip the whole step when any gradient is NaN or inf (see ``Optimizer``).
+        Skip the whole step when any gradient is NaN or inf (see ``ElementwiseOptimizer``).
     device : {"cpu", "cuda"}, default "cpu"
         Where the arena (parameters, gradients, state) lives; "cuda" needs numba-cuda.
     decoupled_weight_decay : bool, default False
         True gives AdamW.
+    foreach, fused, capturable, differentiable
+        torch's implementation flags, accepted so torch code ports unchanged; numbaopt
+        has one implementation, and ``differentiable=True`` is refused.
 
     Examples
     --------
@@ -38,41 +41,72 @@ class Adam(Optimizer):
     >>> opt.zero_grad(); model.backward(criterion.backward()); opt.step()
     """
 
+    hyperparameters = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
+                       "decoupled_weight_decay")
     _state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    _kernels = (_adam_cpu, _adam_cpu_parallel)
-    _kernel_name = "adam"
     _load_defaults = {"amsgrad": False, "maximize": False, "decoupled_weight_decay": False}
+    _implementation_flags = dict(foreach=None, capturable=False, differentiable=False,
+                                 fused=None)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-                 amsgrad=False, *, maximize=False, decoupled_weight_decay=False,
+                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
                  skip_nonfinite=False, device="cpu"):
+        flags = check_implementation_flags(type(self).__name__, foreach=foreach, fused=fused,
+                                           capturable=capturable, differentiable=differentiable)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        amsgrad=amsgrad, maximize=maximize,
+                        amsgrad=amsgrad, maximize=maximize, **flags,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite, device=device)
 
     def _check_group(self, group, index=None, where="param group"):
         check_option(group, "lr", "Invalid learning rate", index=index, where=where)
         check_option(group, "eps", "Invalid epsilon value", index=index, where=where)
-        betas = group["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            suffix = f" ({where} {index})" if index is not None else ""
-            raise ValueError(f"betas must be a pair of floats, got {betas!r}{suffix}")
-        for k in (0, 1):
-            check_option({"betas": betas[k]}, "betas", f"Invalid beta parameter at index {k}",
-                         high=1.0, high_open=True, index=index, where=where)
+        check_betas(group, index, where)
         check_option(group, "weight_decay", "Invalid weight_decay value", index=index, where=where)
         for flag in ("amsgrad", "maximize", "decoupled_weight_decay"):
             check_flag(group, flag, index, where)
 
-    def _hyper_row(self, group):
-        beta1, beta2 = group["betas"]
-        return (float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
-                float(group["weight_decay"]), float(group["amsgrad"]),
-                float(group["maximize"]), float(group["decoupled_weight_decay"]))
-
     def _group_state_keys(self, group):
         return self._state_keys if group["amsgrad"] else self._state_keys[:2]
+
+    # -- the rule (h: lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled) ---
+
+    @staticmethod
+    def coefficients(h, t, s, i, T):
+        lr, beta1, beta2, weight_decay = h[0], h[1], h[2], h[4]
+        # Python floats in torch (float64 here), cast to the dtype where they meet tensors.
+        bias_correction1 = 1.0 - beta1 ** t
+        bias_correction2 = 1.0 - beta2 ** t
+        w1 = T(1.0 - beta1)
+        return (T(-(lr / bias_correction1)), T(bias_correction2 ** 0.5), T(h[3]),
+                w1, T(1.0) - w1, abs(1.0 - beta1) < 0.5, T(beta2), T(1.0 - beta2),
+                T(weight_decay), T(1.0 - lr * weight_decay),
+                weight_decay != 0.0, h[5] != 0.0, h[6] != 0.0, h[7] != 0.0)
+
+    @staticmethod
+    def update(lo, hi, stride, k, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq):
+        (neg_step_size, bias_correction2_sqrt, eps, w1, one_minus_w1, small, b2, one_minus_b2,
+         wd, decay, weight_decay, amsgrad, maximize, decoupled) = k
+        for j in range(lo, hi, stride):
+            d = grad[j]
+            if maximize:
+                d = -d
+            p = param[j]
+            if weight_decay:
+                if decoupled:
+                    p = p * decay
+                else:
+                    d = d + wd * p
+            m = lerp(exp_avg[j], d, w1, one_minus_w1, small)
+            v = exp_avg_sq[j] * b2 + one_minus_b2 * d * d
+            exp_avg[j] = m
+            exp_avg_sq[j] = v
+            if amsgrad:
+                v = maximum(max_exp_avg_sq[j], v)    # torch.maximum: NaN from either side
+                max_exp_avg_sq[j] = v
+            denom = sqrt(v) / bias_correction2_sqrt + eps
+            param[j] = p + neg_step_size * m / denom
 
 
 class AdamW(Adam):
@@ -90,7 +124,10 @@ class AdamW(Adam):
     _load_defaults = {"amsgrad": False, "maximize": False, "decoupled_weight_decay": True}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, skip_nonfinite=False, device="cpu"):
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None, skip_nonfinite=False, device="cpu"):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
-                         skip_nonfinite=skip_nonfinite, device=device)
+                         amsgrad=amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True, skip_nonfinite=skip_nonfinite,
+                         device=device)

@@ -1,9 +1,8 @@
-"""Optimizer base: param_groups, state, state_dict, and the one-call step.
+"""Optimizer base: parsing ``params``, param_groups, the arena, and torch's state_dict.
 
-Subclasses (one module per algorithm) declare their options, state buffers and
-kernels; this class owns everything else: parsing ``params``, packing the
-arena, refreshing the small hyperparameter table when a group changed, and
-torch's ``state_dict`` format.
+``Optimizer`` is torch's base class: a subclass writes ``step()`` in Python.
+The built-in optimizers derive from ``numbaopt.optim.elementwise.ElementwiseOptimizer``,
+which keeps the state in the arena and steps it in one compiled call.
 """
 
 import copy
@@ -16,16 +15,15 @@ import numpy as np
 from ..arena import check_no_overlap, make_arena
 from ..parameter import Parameter
 
-__all__ = ["Optimizer", "ParamGroup"]
-
 #: Arenas with at least this many elements use the parallel (prange) kernel, times the
 #: optimizer's ``_parallel_scale``. Measured on 2 cores (``python -m benchmarks.report
 #: --sections threshold``): Adam's parallel kernel wins from 2**13-2**14 elements, SGD's,
 #: whose update is little more than memory traffic, from 2**15-2**16.
 PARALLEL_THRESHOLD = 1 << 14
 
-# torch's implementation-selection flags: accepted from a torch state_dict, never stored.
-_TORCH_IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+__all__ = ["Optimizer", "ParamGroup", "PARALLEL_THRESHOLD", "check_betas", "check_flag", "check_option",
+           "check_implementation_flags", "check_group_flags"]
+
 
 
 class ParamGroup(dict):
@@ -66,79 +64,62 @@ class ParamGroup(dict):
 
 
 class Optimizer:
-    """Base class of numbaopt optimizers (torch.optim.Optimizer's API).
+    """Base class of numbaopt optimizers, with torch.optim.Optimizer's API.
 
-    Subclasses set:
+    Subclass it the way torch's docs teach: call ``super().__init__(params,
+    defaults)`` and write ``step()`` in Python over ``self.param_groups`` and
+    ``self.state[p]`` (a dict per parameter, kept between steps and saved by
+    ``state_dict()``). Parameters live in the optimizer's flat arena, so
+    ``p.data`` and ``p.grad`` are views and in-place updates (``p.data -= ...``)
+    are what a step writes. That path runs Python per parameter; for the
+    one-call compiled step, subclass ``numbaopt.optim.ElementwiseOptimizer``
+    and declare the update rule instead.
 
-    - ``_state_keys``: torch's per-parameter state names, in torch's order,
-      excluding ``"step"``; each is a flat buffer in ``arena.state``.
-    - ``_step_in_state``: whether ``"step"`` appears in the state_dict.
-    - ``_kernels``: ``(serial, parallel)`` compiled kernels, same signature.
-    - ``_load_defaults``: options a saved group may lack (torch's ``__setstate__``).
-
-    and implement ``_check_group(group)`` (raise ``ValueError``),
-    ``_hyper_row(group)`` (the kernel's float64 row) and
-    ``_group_state_keys(group)`` (state buffers the group uses).
-
-    ``skip_nonfinite=True`` (an option of every optimizer, not of torch) checks
-    every gradient before stepping and, if any is NaN or inf, skips the whole
-    step: parameters, state and step counts stay as they were, ``step()``
-    returns None, ``found_nonfinite`` is True and ``skipped_steps`` counts it,
-    the way torch's GradScaler skips steps. By default non-finite values
-    propagate into the parameters, as in torch.
+    Examples
+    --------
+    >>> class SignSGD(Optimizer):
+    ...     def __init__(self, params, lr=0.01):
+    ...         super().__init__(params, dict(lr=lr))
+    ...     def step(self, closure=None):
+    ...         for group in self.param_groups:
+    ...             for p in group["params"]:
+    ...                 if p.grad is not None:
+    ...                     p.data -= group["lr"] * np.sign(p.grad)
     """
 
-    _state_keys = ()
-    _step_in_state = True
-    _state_from_start = False   # torch's Adagrad has state before its first step
-    _parallel_scale = 1         # cheap updates need bigger arenas before threads pay off
-    _kernels = (None, None)
-    _load_defaults = {"maximize": False}
+    # torch's implementation flags: accepted, stored in the groups, and changing nothing here.
+    _implementation_flags = {}
 
-    def __init__(self, params, defaults, *, skip_nonfinite=False, device="cpu"):
+    def __init__(self, params, defaults, *, device="cpu"):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         self.device = device
         self.defaults = dict(defaults)
         self._check_group(self.defaults)
-        if not isinstance(skip_nonfinite, (bool, np.bool_)):
-            raise ValueError(f"'skip_nonfinite' must be True or False, got {skip_nonfinite!r}")
-        self.skip_nonfinite = bool(skip_nonfinite)
-        self.found_nonfinite = False
-        self.skipped_steps = 0
         self._dirty = [True]
         groups = [self._new_group(g) for g in _split_groups(params)]
         all_params = [p for g in groups for p in g["params"]]
         _check_unique(all_params)
-        dtype = _common_dtype(all_params)
+        dtype = self._arena_dtype(all_params)
         check_no_overlap(all_params)
         for i, g in enumerate(groups):
             self._check_group(g, index=i)
         self.arena = make_arena([g["params"] for g in groups], dtype, device)
         self.param_groups = [ParamGroup(g, self._dirty) for g in groups]
-        self._init_state(0)
-        self.parallel_threshold = PARALLEL_THRESHOLD * self._parallel_scale
-        self._sync()
+        self._python_state = {}
+        self._after_init()
+
+    def _after_init(self):
+        """Called at the end of ``__init__`` (the elementwise optimizers build their kernels)."""
 
     # -- stepping ------------------------------------------------------------------
     def step(self, closure=None):
-        """Perform one optimization step over every parameter with a gradient.
-
-        ``closure`` (optional) re-evaluates the model and returns the loss; it
-        is called once, before the update, and its value is returned.
-        """
-        loss = None
-        if closure is not None:
-            loss = closure()
-        if self._dirty[0] or self.arena.stale is not None:
-            self._sync()
-        if self.skip_nonfinite:
-            self.found_nonfinite = not self._finite()
-            if self.found_nonfinite:
-                self.skipped_steps += 1
-                return None
-        self._kernel(*self._args)
-        return loss
+        """Perform one optimization step. Subclasses implement it (see the class docstring)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement step(): a subclass of "
+            "numbaopt.optim.Optimizer writes step() in Python over self.param_groups and "
+            "self.state, as in torch; or subclass numbaopt.optim.ElementwiseOptimizer and "
+            "declare coefficients() and update() for the compiled one-call step")
 
     def zero_grad(self, set_to_none=True):
         """Reset gradients: to None (default; the step then skips them) or to zeros.
@@ -151,25 +132,6 @@ class Optimizer:
         else:
             self.arena.zero_grad()
 
-    def _sync(self):
-        """Validate the groups and rebuild the kernel's hyperparameter table and arguments."""
-        arena = self.arena
-        if arena.stale is not None:
-            raise RuntimeError(f"{type(self).__name__} can no longer step: {arena.stale}")
-        if len(self.param_groups) != len(arena.group_offsets) - 1:
-            raise RuntimeError(
-                "param_groups was changed in place; use add_param_group to add parameters")
-        rows = []
-        needed = set()
-        for i, group in enumerate(self.param_groups):
-            self._check_group(group, index=i)
-            rows.append(self._hyper_row(group))
-            needed.update(self._group_state_keys(group))
-        hyper = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
-        arena.ensure_state(k for k in self._state_keys if k in needed)
-        self._kernel, self._args, self._finite = arena.prepare(self, hyper)
-        self._dirty[0] = False
-
     # -- groups --------------------------------------------------------------------
     def add_param_group(self, param_group):
         """Add a group of parameters (e.g. layers unfrozen while fine-tuning).
@@ -181,15 +143,21 @@ class Optimizer:
         group = self._new_group(param_group)
         old = [p for g in self.param_groups for p in g["params"]]
         _check_unique(old + group["params"])
-        _common_dtype(group["params"], expected=self.arena.dtype)
+        self._arena_dtype(group["params"], expected=self.arena.dtype)
         check_no_overlap(old + group["params"])
         self._check_group(group, index=len(self.param_groups))
+        self._before_add_group()
         first = len(old)
         self.arena = make_arena([g["params"] for g in self.param_groups] + [group["params"]],
                                 self.arena.dtype, self.device, previous=self.arena)
         self.param_groups.append(ParamGroup(group, self._dirty))
-        self._init_state(first)
-        self._sync()
+        self._after_add_group(first)
+
+    def _before_add_group(self):
+        """Called by ``add_param_group`` once the new group is valid, before anything changes."""
+
+    def _after_add_group(self, first):
+        """Called by ``add_param_group`` after the arena grew; ``first`` is the new group's first index."""
 
     def _new_group(self, group):
         """A plain-dict copy of ``group`` with its params listed and defaults filled in."""
@@ -224,50 +192,33 @@ class Optimizer:
             group.setdefault(name, default)
         return group
 
-    # -- state ---------------------------------------------------------------------
-    def _init_state(self, first):
-        """Initialise the state of parameters ``first:`` (lazy for most optimizers)."""
+    def _arena_dtype(self, params, expected=None):
+        return _common_dtype(params, expected)
 
-    def _param_state(self, i, group, copy, steps):
-        """Parameter ``i``'s state dict (live views, or host copies), or None if it has none.
-
-        ``steps`` is the host array of step counts.
-        """
-        arena = self.arena
-        if steps[i] == 0 and not self._state_from_start:
-            return None
-        out = {}
-        if self._step_in_state:
-            out["step"] = np.array(steps[i], dtype=np.float32) if copy else arena.step_view(i)
-        for key in self._state_keys:
-            if key in self._group_state_keys(group):
-                buf = arena.state[key]
-                out[key] = arena.param_to_host(buf, i) if copy else arena.view(buf, i)
-        return out or None
-
+    # -- state (torch's way: a dict per parameter) -----------------------------------
     @property
     def state(self):
-        """Per-parameter state: ``opt.state[p]`` is a dict of live views (torch's ``state``)."""
-        return _StateView(self)
+        """Per-parameter state: ``opt.state[p]`` is a dict, created empty on first access."""
+        return _PythonState(self._python_state, self)
 
     def state_dict(self):
         """The optimizer's state in torch's format; every array is a copy.
 
-        ``{"state": {index: {"step": ..., "exp_avg": ...}}, "param_groups": [{..., "params": [indices]}]}``
+        ``{"state": {index: {...}}, "param_groups": [{..., "params": [indices]}]}``
         """
+        index = {id(p): i for i, p in enumerate(self.arena.params)}
+        state = {index[id(p)]: {k: _copy_value(v) for k, v in entry.items()}
+                 for p, entry in self._python_state.items() if id(p) in index and entry}
+        return {"state": dict(sorted(state.items())), "param_groups": self._packed_groups()}
+
+    def _packed_groups(self):
         arena = self.arena
-        steps = arena.step_counts()
-        state = {}
-        for i in range(len(arena)):
-            entry = self._param_state(i, self.param_groups[arena.param_group[i]], True, steps)
-            if entry is not None:
-                state[i] = entry
         groups = []
         for g, group in enumerate(self.param_groups):
             packed = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
             packed["params"] = list(range(arena.group_offsets[g], arena.group_offsets[g + 1]))
             groups.append(packed)
-        return {"state": state, "param_groups": groups}
+        return groups
 
     def load_state_dict(self, state_dict):
         """Load a state_dict from ``state_dict()`` or from torch.optim (tensors as ``.numpy()``).
@@ -275,6 +226,24 @@ class Optimizer:
         Everything is validated before anything changes; on error the optimizer
         is untouched. Arrays are copied in.
         """
+        new_groups, index_of = self._loaded_groups(state_dict)
+        saved_state = state_dict["state"]
+        if not isinstance(saved_state, Mapping):
+            raise ValueError("state_dict['state'] must be a dict")
+        state = {}
+        for key, entry in saved_state.items():
+            if key not in index_of:
+                raise ValueError(f"loaded state refers to parameter {key!r}, "
+                                 "which no loaded param group lists")
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"loaded state of parameter {key!r} is not a dict")
+            state[self.arena.params[index_of[key]]] = {k: _copy_value(v) for k, v in entry.items()}
+        self._python_state.clear()
+        self._python_state.update(state)
+        self.param_groups[:] = [ParamGroup(g, self._dirty) for g in new_groups]
+
+    def _loaded_groups(self, state_dict):
+        """Validate a state_dict's groups: ``(new group dicts, saved parameter key -> index)``."""
         if not isinstance(state_dict, Mapping) or "param_groups" not in state_dict \
                 or "state" not in state_dict:
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups' entries")
@@ -301,88 +270,27 @@ class Optimizer:
                 if key in index_of:
                     raise ValueError(f"loaded state dict lists parameter {key!r} twice")
                 index_of[key] = first + k
-            new = {k: copy.deepcopy(v) for k, v in saved.items()
-                   if k != "params" and k not in _TORCH_IMPLEMENTATION_FLAGS}
+            new = {k: copy.deepcopy(v) for k, v in saved.items() if k != "params"}
             for k, v in self._load_defaults.items():
+                new.setdefault(k, v)
+            for k, v in self._implementation_flags.items():
                 new.setdefault(k, v)
             missing = [k for k in self.defaults if k not in new]
             if missing:
                 raise ValueError(
                     f"loaded param group {g} has no {', '.join(map(repr, missing))}: "
                     f"was it saved from another optimizer than {type(self).__name__}?")
+            check_group_flags(new, type(self).__name__, g, "loaded param group")
             self._check_group(new, index=g, where="loaded param group")
             new["params"] = group["params"]
             if "param_names" in group and "param_names" not in new:
                 new["param_names"] = group["param_names"]
             new_groups.append(new)
+        return new_groups, index_of
 
-        # Build the new state in fresh buffers; commit only when all of it is valid.
-        step = np.zeros(len(arena), dtype=np.float64)
-        needed = set()
-        for new in new_groups:
-            needed.update(self._group_state_keys(new))
-        buffers = {k: np.zeros(arena.size, arena.dtype) for k in self._state_keys if k in needed}
-        self._fresh_state(buffers, new_groups)
-        saved_state = state_dict["state"]
-        if not isinstance(saved_state, Mapping):
-            raise ValueError("state_dict['state'] must be a dict")
-        for key, entry in saved_state.items():
-            if key not in index_of:
-                raise ValueError(f"loaded state refers to parameter {key!r}, "
-                                 "which no loaded param group lists")
-            i = index_of[key]
-            self._load_param_state(i, entry, new_groups[arena.param_group[i]], step, buffers, key)
-
-        arena.load(step, buffers)
-        self.param_groups[:] = [ParamGroup(g, self._dirty) for g in new_groups]
-        self._sync()
-
-    def _fresh_state(self, buffers, groups):
-        """Fill ``buffers`` with the state of parameters that have none saved (zeros by default)."""
-
-    def _load_param_state(self, i, entry, group, step, buffers, key):
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"loaded state of parameter {key!r} is not a dict")
-        expected = set(self._state_keys) & set(self._group_state_keys(group))
-        allowed = expected | ({"step"} if self._step_in_state else set())
-        unknown = set(entry) - allowed
-        if unknown:
-            raise ValueError(
-                f"loaded state of parameter {key!r} has unexpected keys {sorted(unknown)} for "
-                f"{type(self).__name__} with these options (expected {sorted(allowed)})")
-        missing = allowed - set(entry)
-        if missing:
-            raise ValueError(f"loaded state of parameter {key!r} lacks {sorted(missing)}")
-        arena = self.arena
-        shape = arena.params[i].shape
-        if self._step_in_state:
-            s = np.asarray(entry["step"])
-            if s.shape != () or s.dtype.kind not in "iuf" or not math.isfinite(float(s)) \
-                    or float(s) < 0:
-                raise ValueError(f"loaded 'step' of parameter {key!r} must be a non-negative "
-                                 f"number or 0-d array, got {entry['step']!r}")
-            step[i] = float(s)
-        else:
-            step[i] = 1.0   # a saved momentum buffer exists
-        lo, hi = arena.offsets[i], arena.offsets[i + 1]
-        for k in expected:
-            value = np.asarray(entry[k])
-            if value.shape != shape:
-                raise ValueError(f"loaded '{k}' of parameter {key!r} has shape {value.shape}, "
-                                 f"the parameter has shape {shape}")
-            if value.dtype.kind not in "iuf":
-                raise ValueError(f"loaded '{k}' of parameter {key!r} has non-real dtype {value.dtype}")
-            buffers[k][lo:hi] = value.reshape(-1)
+    _load_defaults = {}
 
     # -- misc ----------------------------------------------------------------------
-    def __getstate__(self):
-        # The kernel arguments alias the arena; they are rebuilt after unpickling.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_args", "_kernel", "_finite")}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._sync()
-
     def __repr__(self):
         lines = [type(self).__name__ + " ("]
         for i, group in enumerate(self.param_groups):
@@ -390,51 +298,36 @@ class Optimizer:
             lines.extend(f"    {key}: {group[key]}" for key in sorted(group) if key != "params")
         return "\n".join(lines) + "\n)"
 
-    # subclass hooks
     def _check_group(self, group, index=None, where="param group"):
-        raise NotImplementedError
-
-    def _hyper_row(self, group):
-        raise NotImplementedError
-
-    def _group_state_keys(self, group):
-        return self._state_keys
+        """Raise ``ValueError`` for an invalid group (torch's base class checks nothing)."""
 
 
-class _StateView(Mapping):
-    """``opt.state``: maps each Parameter with state to a dict of live views."""
+class _PythonState(Mapping):
+    """``opt.state`` of a Python-step optimizer: ``state[p]`` is created empty on first access."""
 
-    def __init__(self, optimizer):
+    def __init__(self, store, optimizer):
+        self._store = store
         self._opt = optimizer
 
-    def _index(self, p):
-        arena = self._opt.arena
-        if isinstance(p, Parameter) and p._arena is arena:
-            return p._index
-        raise KeyError(p)
-
     def __getitem__(self, p):
-        opt = self._opt
-        i = self._index(p)
-        entry = opt._param_state(i, opt.param_groups[opt.arena.param_group[i]], False,
-                                 opt.arena.step_counts())
-        return {} if entry is None else entry
+        if not isinstance(p, Parameter) or p._arena is not self._opt.arena:
+            raise KeyError(p)
+        return self._store.setdefault(p, {})
 
     def __contains__(self, p):
-        try:
-            return bool(self[p])
-        except KeyError:
-            return False
+        return bool(self._store.get(p))
 
     def __iter__(self):
-        opt = self._opt
-        steps = opt.arena.step_counts()
-        for i, p in enumerate(opt.arena.params):
-            if opt._param_state(i, opt.param_groups[opt.arena.param_group[i]], False, steps):
-                yield p
+        return (p for p, entry in self._store.items() if entry)
 
     def __len__(self):
         return sum(1 for _ in self)
+
+
+def _copy_value(value):
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    return copy.deepcopy(value)
 
 
 # -- helpers for subclasses -------------------------------------------------------------
@@ -452,6 +345,29 @@ def check_option(group, key, message, low=0.0, high=math.inf, high_open=False,
     if not ok:
         suffix = f" ({where} {index}, '{key}')" if index is not None else ""
         raise ValueError(f"{message}: {value!r}{suffix}")
+
+
+def check_betas(group, index=None, where="param group", key="betas", high_open=True,
+                message="Invalid beta parameter at index"):
+    """A pair of floats in ``[0, 1)`` (torch's Adam family), each checked with torch's message."""
+    betas = group[key]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        suffix = f" ({where} {index})" if index is not None else ""
+        raise ValueError(f"{key} must be a pair of floats, got {betas!r}{suffix}")
+    for k in (0, 1):
+        check_option({key: betas[k]}, key, f"{message} {k}", high=1.0, high_open=high_open,
+                     index=index, where=where)
+
+
+def check_group_flags(group, name, index=None, where="param group"):
+    """The implementation flags a group holds (torch's), validated as the constructor does."""
+    present = {k: group[k] for k in ("foreach", "fused", "capturable", "differentiable")
+               if k in group}
+    try:
+        check_implementation_flags(name, **present)
+    except ValueError as error:
+        suffix = f" ({where} {index})" if index is not None else ""
+        raise ValueError(f"{error}{suffix}") from None
 
 
 def check_flag(group, key, index=None, where="param group"):
@@ -506,3 +422,25 @@ def _common_dtype(params, expected=None):
                 f"all parameters of one optimizer must share a dtype: {where}, parameter {i} is "
                 f"{p.dtype}. Use one optimizer per dtype; numbaopt never casts silently.")
     return np.dtype(np.float32 if dtype is None else dtype)
+
+
+def check_implementation_flags(name, foreach=None, fused=None, capturable=False,
+                               differentiable=False):
+    """torch's implementation flags as group entries, with torch's defaults.
+
+    numbaopt has one implementation, so ``foreach``, ``fused`` and ``capturable``
+    change nothing (there is nothing to capture); ``differentiable=True`` is
+    refused: numbaopt's step is not traced by an autograd.
+    """
+    for flag, value in (("foreach", foreach), ("fused", fused)):
+        if value is not None and not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"'{flag}' must be None, True or False, got {value!r}")
+    for flag, value in (("capturable", capturable), ("differentiable", differentiable)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"'{flag}' must be True or False, got {value!r}")
+    if differentiable:
+        raise ValueError(
+            f"{name}(differentiable=True) is not supported: numbaopt's step is a compiled "
+            "kernel that no autograd records, so there is nothing to differentiate through")
+    return dict(foreach=foreach, fused=fused, capturable=bool(capturable),
+                differentiable=False)

@@ -1,12 +1,12 @@
 """RMSprop (torch.optim.RMSprop)."""
 
-from ..kernels.cpu import _rmsprop_cpu, _rmsprop_cpu_parallel
-from .optimizer import Optimizer, check_flag, check_option
+from .elementwise import ElementwiseOptimizer, lerp, sqrt
+from .optimizer import check_flag, check_implementation_flags, check_option
 
 __all__ = ["RMSprop"]
 
 
-class RMSprop(Optimizer):
+class RMSprop(ElementwiseOptimizer):
     """RMSprop (torch.optim.RMSprop), optionally centered and with momentum.
 
     Per parameter, with ``g`` the gradient (negated when ``maximize``)::
@@ -29,24 +29,31 @@ class RMSprop(Optimizer):
     centered : bool, default False
     maximize : bool, default False
     skip_nonfinite : bool, default False
-        Skip the whole step when any gradient is NaN or inf (see ``Optimizer``).
+        Skip the whole step when any gradient is NaN or inf (see ``ElementwiseOptimizer``).
     device : {"cpu", "cuda"}, default "cpu"
         Where the arena (parameters, gradients, state) lives; "cuda" needs numba-cuda.
+    foreach, capturable, differentiable
+        torch's implementation flags, accepted so torch code ports unchanged; numbaopt
+        has one implementation, and ``differentiable=True`` is refused.
 
     Examples
     --------
     >>> opt = RMSprop(model.parameters(), lr=1e-2, momentum=0.9)
     """
 
+    hyperparameters = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
     _state_keys = ("square_avg", "momentum_buffer", "grad_avg")
-    _kernels = (_rmsprop_cpu, _rmsprop_cpu_parallel)
-    _kernel_name = "rmsprop"
     _load_defaults = {"momentum": 0, "centered": False, "maximize": False}
+    _implementation_flags = dict(capturable=False, foreach=None, differentiable=False)
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
-                 centered=False, *, maximize=False, skip_nonfinite=False, device="cpu"):
-        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                        momentum=momentum, centered=centered, maximize=maximize)
+                 centered=False, capturable=False, foreach=None, maximize=False,
+                 differentiable=False, *, skip_nonfinite=False, device="cpu"):
+        flags = check_implementation_flags("RMSprop", foreach=foreach, capturable=capturable,
+                                           differentiable=differentiable)
+        defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
+                        weight_decay=weight_decay, capturable=flags["capturable"],
+                        foreach=foreach, maximize=maximize, differentiable=False)
         super().__init__(params, defaults, skip_nonfinite=skip_nonfinite, device=device)
 
     def _check_group(self, group, index=None, where="param group"):
@@ -58,11 +65,6 @@ class RMSprop(Optimizer):
         check_flag(group, "centered", index, where)
         check_flag(group, "maximize", index, where)
 
-    def _hyper_row(self, group):
-        return (float(group["lr"]), float(group["alpha"]), float(group["eps"]),
-                float(group["weight_decay"]), float(group["momentum"]),
-                float(group["centered"]), float(group["maximize"]))
-
     def _group_state_keys(self, group):
         keys = ["square_avg"]
         if group["momentum"] > 0:
@@ -70,3 +72,39 @@ class RMSprop(Optimizer):
         if group["centered"]:
             keys.append("grad_avg")
         return tuple(keys)
+
+    # -- the rule (h: lr, alpha, eps, weight_decay, momentum, centered, maximize) ----------
+
+    @staticmethod
+    def coefficients(h, t, s, i, T):
+        alpha = h[1]
+        w = T(1.0 - alpha)
+        return (T(-h[0]), T(h[2]), T(alpha), w, T(1.0) - w, abs(1.0 - alpha) < 0.5,
+                T(h[4]), T(h[3]), h[3] != 0.0, h[4] > 0.0, h[5] != 0.0, h[6] != 0.0)
+
+    @staticmethod
+    def update(lo, hi, stride, k, param, grad, square_avg, momentum_buffer, grad_avg):
+        (neg_lr, eps, a, w, one_minus_w, small, mom, wd, weight_decay, momentum, centered,
+         maximize) = k
+        for j in range(lo, hi, stride):
+            d = grad[j]
+            if maximize:
+                d = -d
+            p = param[j]
+            if weight_decay:
+                d = d + wd * p
+            sq = square_avg[j] * a + w * d * d
+            square_avg[j] = sq
+            if centered:
+                ga = lerp(grad_avg[j], d, w, one_minus_w, small)
+                grad_avg[j] = ga
+                avg = sqrt(sq - ga * ga)
+            else:
+                avg = sqrt(sq)
+            avg = avg + eps
+            if momentum:
+                buf = momentum_buffer[j] * mom + d / avg
+                momentum_buffer[j] = buf
+                param[j] = p + neg_lr * buf
+            else:
+                param[j] = p + neg_lr * d / avg

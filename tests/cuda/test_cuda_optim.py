@@ -10,7 +10,7 @@ import pytest
 
 import numbaopt
 from numbaopt import optim
-from cases import CASES, DTYPES, groups_of, make_inputs
+from cases import CASES, DTYPES, SIMULATOR_CASES, groups_of, make_inputs
 from tolerance import assert_close
 
 
@@ -51,7 +51,7 @@ def run(case, dtype, device, steps=STEPS):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", SIMULATOR_CASES)
 def test_cuda_matches_cpu_and_torch(case, dtype):
     import pathlib
     data = np.load(pathlib.Path(__file__).parents[1] / "data" / "optim_reference.npz")
