@@ -1,5 +1,7 @@
 """RMSprop (torch.optim.RMSprop)."""
 
+import numpy as np
+
 from .elementwise import ElementwiseOptimizer, lerp, sqrt
 from .optimizer import check_flag, check_implementation_flags, check_option
 
@@ -80,11 +82,11 @@ class RMSprop(ElementwiseOptimizer):
         alpha = h[1]
         w = T(1.0 - alpha)
         return (T(-h[0]), T(h[2]), T(alpha), w, T(1.0) - w, abs(1.0 - alpha) < 0.5,
-                T(h[4]), T(h[3]), h[3] != 0.0, h[4] > 0.0, h[5] != 0.0, h[6] != 0.0)
+                T(h[4]), T(h[3]), T(np.inf), h[3] != 0.0, h[4] > 0.0, h[5] != 0.0, h[6] != 0.0)
 
     @staticmethod
     def update(lo, hi, stride, k, param, grad, square_avg, momentum_buffer, grad_avg):
-        (neg_lr, eps, a, w, one_minus_w, small, mom, wd, weight_decay, momentum, centered,
+        (neg_lr, eps, a, w, one_minus_w, small, mom, wd, inf, weight_decay, momentum, centered,
          maximize) = k
         for j in range(lo, hi, stride):
             d = grad[j]
@@ -98,7 +100,12 @@ class RMSprop(ElementwiseOptimizer):
             if centered:
                 ga = lerp(grad_avg[j], d, w, one_minus_w, small)
                 grad_avg[j] = ga
-                avg = sqrt(sq - ga * ga)
+                var = sq - ga * ga
+                if sq == inf and ga - ga == 0:
+                    # g * g overflowed into sq and ga * ga: torch's addcmul is a fused
+                    # multiply-add, where inf - (a finite ga times itself) stays inf
+                    var = sq
+                avg = sqrt(var)
             else:
                 avg = sqrt(sq)
             avg = avg + eps
