@@ -355,6 +355,7 @@ def _validate(path, meta, arrays, optimizer, scheduler):
 
     state = {}
     expected_names = {"params"}
+    scalar_keys = {"step"} | set(getattr(optimizer, "_scalar_state", ()))
     for entry in meta.get("state", []):
         try:
             i, keys = int(entry[0]), list(entry[1])
@@ -368,7 +369,8 @@ def _validate(path, meta, arrays, optimizer, scheduler):
             if member not in arrays:
                 raise bad(f"it lacks the array {member!r}")
             value = arrays[member]
-            want = () if key == "step" else tuple(shapes[i])
+            # per-parameter scalars (step, NAdam's mu_product, ASGD's eta and mu) are 0-d
+            want = () if key in scalar_keys else tuple(shapes[i])
             if value.shape != want:
                 raise bad(f"state[{i}][{key!r}] has shape {value.shape}, expected {want}")
             if value.dtype.kind not in "biuf":

@@ -356,8 +356,11 @@ class DistributedOptimizer(Optimizer):
         keys = comm.bcast(sorted(arena.state) if loads_here else None, root=root)
         self._build_local()
         comm.Bcast(arena.step, root=root)
+        if arena.scalars.size:
+            comm.Bcast(arena.scalars, root=root)
         la = self._local.arena
         np.take(arena.step, self._piece_param, out=la.step)
+        la.scalars[:] = arena.scalars[self._piece_param]
         for key in sorted(la.state):
             if key in keys:
                 full = [arena.state[key], (self._counts, self._displs)] if loads_here else None
@@ -406,6 +409,9 @@ class DistributedOptimizer(Optimizer):
         """Fill the local optimizer's state from the full state held by the wrapped arena."""
         arena, la = self._arena, self._local.arena
         np.take(arena.step, self._piece_param, out=la.step)
+        # Per-parameter scalar state (NAdam's mu_product, ASGD's eta and mu): every piece of
+        # a parameter holds the parameter's values, as the step count.
+        la.scalars[:] = arena.scalars[self._piece_param]
         for key, buf in la.state.items():
             if key in arena.state:
                 buf[:] = arena.state[key][self._lo:self._hi]
@@ -432,6 +438,18 @@ class DistributedOptimizer(Optimizer):
                         op=MPI.SUM, root=root)
         if here:
             target.step[:nparams] = step
+        scalars = np.zeros((nparams, la.scalars.shape[1]), dtype=np.float64)
+        scalars[self._piece_param[self._primary]] = la.scalars[self._primary]
+        if scalars.size:
+            if root is None:
+                comm.Allreduce(MPI.IN_PLACE, scalars, op=MPI.SUM)
+            else:
+                comm.Reduce(MPI.IN_PLACE if here else scalars, scalars if here else None,
+                            op=MPI.SUM, root=root)
+        if here:
+            full_scalars = target.scalar_values().copy()
+            full_scalars[:nparams] = scalars
+            target.scalars = full_scalars
         for key in keys:
             full = np.zeros(target.size, dtype=target.dtype) if here else None
             spec = [full[:n], (self._counts, self._displs)] if here else None

@@ -17,6 +17,7 @@ import numba
 import numpy as np
 import pytest
 
+import numbaopt
 from numbaopt import nn, optim
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -288,3 +289,189 @@ def test_numba_model_gradient_matches_finite_differences():
     logits = layers[1](np.tanh(layers[0](x)))[:, 0]
     bce = np.mean(np.logaddexp(0, logits) - y * logits)
     assert loss == pytest.approx(bce, rel=1e-12)
+
+
+# -- writing optimizers: torch's Python step() and a compiled elementwise rule ----------
+
+def test_custom_optimizer_example():
+    lines = run_example("custom_optimizer.py")
+    text = "\n".join(lines)
+    losses = [float(v) for v in re.findall(r"^step +\d+  loss ([\d.]+)$", text, re.M)]
+    assert len(losses) == 4 and losses[-1] < 0.01 < losses[0]
+    diff = float(re.search(r"max \|PyAdam - numbaopt.optim.Adam\| over 200 steps: (\S+)",
+                           text).group(1))
+    assert diff <= 1e-12
+    assert "keys ['exp_avg', 'exp_avg_sq', 'step'], step 200" in text
+    assert lines[-1] == "load_state_dict round trip: the next 20 steps identical: True"
+
+
+def test_custom_optimizer_matches_adam_in_float32_too():
+    example = load_example("custom_optimizer.py")
+    rng = np.random.default_rng(3)
+    init = [rng.standard_normal((4, 3)), rng.standard_normal(3), rng.standard_normal(())]
+    trajectories = []
+    for cls in (example.PyAdam, optim.Adam):
+        params = [numbaopt.Parameter(a.astype(np.float32)) for a in init]
+        opt = cls([{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:]}],
+                  lr=0.01, betas=(0.8, 0.95))
+        grads = np.random.default_rng(4)
+        traj = []
+        for k in range(12):
+            for i, p in enumerate(params):
+                g = grads.standard_normal(p.shape)
+                p.grad = None if (i == 1 and k % 3 == 0) else g
+            opt.step()
+            traj.append(np.concatenate([p.data.ravel() for p in params]))
+        trajectories.append(np.array(traj))
+    np.testing.assert_allclose(*trajectories, rtol=1e-5, atol=1e-5)
+
+
+def test_lion_example():
+    lines = run_example("lion.py")
+    text = "\n".join(lines)
+    losses = [float(v) for v in re.findall(r"^step +\d+  loss ([\d.]+)$", text, re.M)]
+    assert len(losses) == 5 and losses[-1] < 0.1 * losses[0]
+    diff = float(re.search(r"NumPy reference, float64, .*max relative difference (\S+)$",
+                           text, re.M).group(1))
+    assert diff <= 1e-12
+    assert "keys ['exp_avg', 'step'], step 400" in text
+    assert lines[-2] == "load_state_dict round trip: the next 20 steps identical: True"
+    assert lines[-1] == ("numbaopt.save / numbaopt.load round trip: the next 20 steps "
+                         "identical: True")
+
+
+@pytest.fixture(scope="module")
+def lion_example():
+    return load_example("lion.py")
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-10)],
+                         ids=["float32", "float64"])
+def test_lion_matches_the_numpy_reference(lion_example, dtype, rtol, parallel):
+    init, groups, defaults, grads = lion_example.make_case(dtype, steps=30, seed=1)
+    opt, params, ours = lion_example.run_lion(init, groups, defaults, grads, parallel)
+    assert (opt.arena.size >= opt.parallel_threshold) == parallel
+    ref_groups = [dict(g, params=[init[i].copy() for i in g["params"]]) for g in groups]
+    theirs, exp_avg = lion_example.lion_reference(ref_groups, defaults, grads)
+    assert ours.dtype == dtype
+    scale = np.abs(theirs).max()
+    np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * scale)
+    sd = opt.state_dict()
+    for i, (p, m) in enumerate(zip(params, exp_avg)):
+        np.testing.assert_allclose(opt.state[p]["exp_avg"], m, rtol=rtol,
+                                   atol=rtol * max(np.abs(m).max(initial=0), 1e-30))
+        # step counts only the steps with a gradient
+        assert float(sd["state"][i]["step"]) == sum(g[i] is not None for g in grads)
+    assert lion_example.reference_difference(dtype, parallel) <= rtol
+
+
+def test_lion_reference_first_step_by_hand(lion_example):
+    """The oracle itself: from m = 0, one step is p (1 - lr wd) - lr sign(g)."""
+    p, g = np.array([1.0, -2.0, 0.5, 3.0]), np.array([0.3, -0.1, 0.0, -4.0])
+    groups = [{"params": [p.copy()], "weight_decay": 0.5}]
+    defaults = dict(lr=0.1, betas=(0.9, 0.99), weight_decay=0.0, maximize=False)
+    traj, (m,) = lion_example.lion_reference(groups, defaults, [[g]])
+    np.testing.assert_allclose(traj[0], p * 0.95 - 0.1 * np.sign(g), rtol=1e-15)
+    np.testing.assert_allclose(m, 0.01 * g, rtol=1e-15)
+    opt_p = numbaopt.Parameter(p.copy())
+    opt = lion_example.Lion([{"params": [opt_p], "weight_decay": 0.5}], **defaults)
+    opt_p.grad = g
+    opt.step()
+    np.testing.assert_array_equal(opt_p.data, traj[0])     # sign(0) = 0: element 2 only decays
+    maximized = numbaopt.Parameter(p.copy())
+    opt = lion_example.Lion([maximized], lr=0.1, maximize=True)
+    maximized.grad = g
+    opt.step()
+    np.testing.assert_array_equal(maximized.data, p + 0.1 * np.sign(g))
+
+
+def test_lion_validates_its_options(lion_example):
+    Lion = lion_example.Lion
+    p = numbaopt.Parameter(np.zeros(3))
+    with pytest.raises(ValueError, match="Invalid learning rate: -0.1"):
+        Lion([p], lr=-0.1)
+    with pytest.raises(ValueError, match="Invalid beta parameter at index 1: 1.0"):
+        Lion([p], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="Invalid weight_decay value: -1"):
+        Lion([p], weight_decay=-1)
+    with pytest.raises(ValueError, match="'maximize' must be True or False"):
+        Lion([p], maximize=1)
+    opt = Lion([p])
+    opt.param_groups[0]["betas"] = (-0.1, 0.9)
+    p.grad = np.ones(3)
+    with pytest.raises(ValueError, match="Invalid beta parameter at index 0"):
+        opt.step()
+
+
+LION_CACHE_SCRIPT = """
+import importlib.util, sys
+import numpy as np
+import numbaopt
+spec = importlib.util.spec_from_file_location("lion_example", sys.argv[1])
+lion = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lion)
+p = numbaopt.Parameter(np.ones(5, np.float32))
+opt = lion.Lion([p], lr=0.1)
+p.grad = np.arange(5, dtype=np.float32) - 2
+opt.step()
+assert np.array_equal(p.data, np.float32(1) - np.float32(0.1) * np.sign(p.grad)), p.data
+stats = opt._kernel.stats
+print("misses", sum(stats.cache_misses.values()), "hits", sum(stats.cache_hits.values()))
+"""
+
+
+def test_lion_kernel_loads_from_the_cache_in_a_second_process(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    counts = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", LION_CACHE_SCRIPT, str(EXAMPLES / "lion.py")],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        misses, hits = re.fullmatch(r"misses (\d+) hits (\d+)\n", proc.stdout).groups()
+        counts.append((int(misses), int(hits)))
+    assert counts[0][0] >= 1                    # the first process compiled the kernel ...
+    assert counts[1][0] == 0 and counts[1][1] >= 1, counts   # ... the second loaded it
+    assert any(tmp_path.rglob("*.nbi"))
+
+
+LION_CUDA_SCRIPT = """
+import importlib.util, sys
+import numpy as np
+from numba import config
+assert config.ENABLE_CUDASIM
+from numbaopt.kernels import cuda as kernels
+kernels.THREADS_PER_BLOCK = 4      # small arenas span several blocks and chunks
+kernels.CHUNK = 5
+spec = importlib.util.spec_from_file_location("lion_example", sys.argv[1])
+lion = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lion)
+for dtype in (np.float32, np.float64):
+    init, groups, defaults, grads = lion.make_case(dtype, steps=6, seed=2)
+    cpu, cpu_params, cpu_traj = lion.run_lion(init, groups, defaults, grads)
+    gpu, gpu_params, gpu_traj = lion.run_lion(init, groups, defaults, grads, device="cuda")
+    assert gpu.device == "cuda" and gpu_traj.dtype == dtype
+    a, b = cpu.state_dict(), gpu.state_dict()
+    assert sorted(a["state"]) == sorted(b["state"])
+    diff = np.abs(gpu_traj - cpu_traj).max()
+    for i in a["state"]:
+        for key in ("step", "exp_avg"):
+            diff = max(diff, np.abs(np.asarray(b["state"][i][key]) - a["state"][i][key]).max(initial=0))
+    print(np.dtype(dtype).name, "max |cuda - cpu|", diff)
+"""
+
+
+def test_lion_on_cuda_under_the_simulator_matches_the_cpu():
+    try:
+        import numba.cuda  # noqa: F401   (numba-cuda, or numba's own target)
+    except ImportError:
+        pytest.skip("numba-cuda is not installed (pip install -e '.[cuda]')")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", LION_CUDA_SCRIPT, str(EXAMPLES / "lion.py")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = dict(re.findall(r"^(float32|float64) max \|cuda - cpu\| (\S+)$", proc.stdout, re.M))
+    assert set(found) == {"float32", "float64"}, proc.stdout
+    assert float(found["float32"]) <= 1e-5 and float(found["float64"]) <= 1e-10, found

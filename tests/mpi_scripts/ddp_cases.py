@@ -25,6 +25,10 @@ CASES = {
     "adam": ("Adam", dict(lr=0.01, amsgrad=True), dict(betas=(0.8, 0.99))),
     "adagrad": ("Adagrad", dict(lr=0.1, initial_accumulator_value=0.1), dict(lr=0.05)),
     "rmsprop": ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True), dict(centered=False)),
+    # per-parameter scalar state (mu_product; eta and mu), which shards split with the arena
+    "nadam": ("NAdam", dict(lr=0.01, momentum_decay=0.05), dict(decoupled_weight_decay=True,
+                                                            weight_decay=0.1)),
+    "asgd": ("ASGD", dict(lr=0.05, t0=2, lambd=0.01), dict(lr=0.02)),
 }
 
 
