@@ -76,6 +76,17 @@ OPTIMIZERS = {
     "AdamW": Spec("AdamW", dict(lr=1e-3, weight_decay=1e-2), "p,g,m,v->p,m,v"),
     "RMSprop": Spec("RMSprop", dict(lr=1e-2), "p,g,s->p,s"),
     "Adagrad": Spec("Adagrad", dict(lr=1e-2), "p,g,s->p,s"),
+    # torch's default lr for each; torch has no fused CPU step for these (foreach is used)
+    "Adadelta": Spec("Adadelta", dict(lr=1.0), "p,g,m,v->p,m,v"),       # square_avg, acc_delta
+    "Adamax": Spec("Adamax", dict(lr=2e-3), "p,g,m,v->p,m,v"),          # exp_avg, exp_inf
+    "NAdam": Spec("NAdam", dict(lr=2e-3), "p,g,m,v->p,m,v"),            # exp_avg, exp_avg_sq
+    "RAdam": Spec("RAdam", dict(lr=1e-3), "p,g,m,v->p,m,v"),            # exp_avg, exp_avg_sq
+    # Before t0 (1e6 by default) ASGD only stores ax = p (torch: ax.copy_(param)), after
+    # it ax += (p - ax) * mu reads ax too. Measured on the 2-core Xeon of report.py, a loop
+    # that stores a buffer without reading it runs slower than one that reads it too
+    # (16M float32: 11.9 ms against 9.7 ms): the read-and-write loop is the tighter roofline.
+    "ASGD": Spec("ASGD", dict(lr=1e-2), "p,g,s->p,s"),                 # ax
+    "Rprop": Spec("Rprop", dict(lr=1e-2), "p,g,m,v->p,m,v"),            # prev, step_size
 }
 
 DTYPES = ("float32", "float64")
@@ -245,8 +256,163 @@ def _numpy_adagrad(params, grads, lr, lr_decay=0.0, eps=1e-10):
     return step
 
 
+def _numpy_adadelta(params, grads, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0):
+    square_avgs = [np.zeros_like(p) for p in params]
+    acc_deltas = [np.zeros_like(p) for p in params]
+
+    def step():
+        for p, g, v, u in zip(params, grads, square_avgs, acc_deltas):
+            if weight_decay:
+                g = g + weight_decay * p
+            v *= rho
+            v += (1 - rho) * g * g
+            std = np.sqrt(v + eps)
+            delta = np.sqrt(u + eps)
+            delta /= std
+            delta *= g
+            u *= rho
+            u += (1 - rho) * delta * delta
+            p -= lr * delta
+    return step
+
+
+def _numpy_adamax(params, grads, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    beta1, beta2 = betas
+    ms = [np.zeros_like(p) for p in params]
+    us = [np.zeros_like(p) for p in params]
+    t = [0]
+
+    def step():
+        t[0] += 1
+        clr = lr / (1 - beta1 ** t[0])
+        for p, g, m, u in zip(params, grads, ms, us):
+            if weight_decay:
+                g = g + weight_decay * p
+            m += (1 - beta1) * (g - m)
+            u *= beta2
+            np.maximum(u, np.abs(g) + eps, out=u)
+            p -= clr * m / u
+    return step
+
+
+def _numpy_nadam(params, grads, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False):
+    beta1, beta2 = betas
+    ms = [np.zeros_like(p) for p in params]
+    vs = [np.zeros_like(p) for p in params]
+    t = [0]
+    # torch keeps mu_product per parameter, as a float32 tensor; every parameter steps
+    # together here, so one suffices
+    mu_product = [1.0]
+
+    def step():
+        t[0] += 1
+        bias_correction2 = 1 - beta2 ** t[0]
+        mu = beta1 * (1.0 - 0.5 * 0.96 ** (t[0] * momentum_decay))
+        mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t[0] + 1) * momentum_decay))
+        mu_product[0] = float(np.float32(np.float32(mu_product[0]) * np.float32(mu)))
+        grad_coef = -lr * (1.0 - mu) / (1.0 - mu_product[0])
+        exp_avg_coef = -lr * mu_next / (1.0 - mu_product[0] * mu_next)
+        for p, g, m, v in zip(params, grads, ms, vs):
+            if weight_decay:
+                if decoupled_weight_decay:
+                    p *= 1 - lr * weight_decay
+                else:
+                    g = g + weight_decay * p
+            m += (1 - beta1) * (g - m)
+            v *= beta2
+            v += (1 - beta2) * g * g
+            denom = np.sqrt(v / bias_correction2)
+            denom += eps
+            p += grad_coef * g / denom
+            p += exp_avg_coef * m / denom
+    return step
+
+
+def _numpy_radam(params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False):
+    beta1, beta2 = betas
+    ms = [np.zeros_like(p) for p in params]
+    vs = [np.zeros_like(p) for p in params]
+    t = [0]
+    rho_inf = 2 / (1 - beta2) - 1
+
+    def step():
+        t[0] += 1
+        bias_correction1 = 1 - beta1 ** t[0]
+        bias_correction2 = 1 - beta2 ** t[0]
+        rho_t = rho_inf - 2 * t[0] * beta2 ** t[0] / bias_correction2
+        rect = None
+        if rho_t > 5.0:
+            rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                             / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        for p, g, m, v in zip(params, grads, ms, vs):
+            if weight_decay:
+                if decoupled_weight_decay:
+                    p *= 1 - lr * weight_decay
+                else:
+                    g = g + weight_decay * p
+            m += (1 - beta1) * (g - m)
+            v *= beta2
+            v += (1 - beta2) * g * g
+            update = m / bias_correction1 * lr
+            if rect is not None:
+                denom = np.sqrt(v)
+                denom += eps
+                update *= math.sqrt(bias_correction2) / denom * rect
+            p -= update
+    return step
+
+
+def _numpy_asgd(params, grads, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0):
+    axs = [np.zeros_like(p) for p in params]
+    t = [0]
+    # torch keeps eta and mu per parameter, as float32 tensors; every parameter steps
+    # together here, so one pair suffices
+    eta_mu = [float(np.float32(lr)), 1.0]
+
+    def step():
+        t[0] += 1
+        eta, mu = eta_mu
+        for p, g, ax in zip(params, grads, axs):
+            if weight_decay:
+                g = g + weight_decay * p
+            p *= 1 - lambd * eta
+            p -= eta * g
+            if mu != 1:
+                ax += (p - ax) * mu
+            else:
+                ax[...] = p
+        eta_mu[0] = float(np.float32(lr / ((1 + lambd * lr * t[0]) ** alpha)))
+        eta_mu[1] = float(np.float32(1 / max(1, t[0] - t0)))
+    return step
+
+
+def _numpy_rprop(params, grads, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50)):
+    etaminus, etaplus = etas
+    step_size_min, step_size_max = step_sizes
+    prevs = [np.zeros_like(p) for p in params]
+    sizes = [np.full_like(p, lr) for p in params]
+
+    def step():
+        for p, g, prev, size in zip(params, grads, prevs, sizes):
+            sign = np.sign(g * prev)
+            sign[sign > 0] = etaplus
+            sign[sign < 0] = etaminus
+            sign[sign == 0] = 1
+            size *= sign
+            np.clip(size, step_size_min, step_size_max, out=size)
+            g = g.copy()
+            g[sign == etaminus] = 0
+            p -= np.sign(g) * size
+            prev[...] = g
+    return step
+
+
 _NUMPY_STEPS = {"SGD": _numpy_sgd, "Adam": _numpy_adam, "AdamW": _numpy_adamw,
-                "RMSprop": _numpy_rmsprop, "Adagrad": _numpy_adagrad}
+                "RMSprop": _numpy_rmsprop, "Adagrad": _numpy_adagrad,
+                "Adadelta": _numpy_adadelta, "Adamax": _numpy_adamax, "NAdam": _numpy_nadam,
+                "RAdam": _numpy_radam, "ASGD": _numpy_asgd, "Rprop": _numpy_rprop}
 
 
 # -- roofline ---------------------------------------------------------------------------
@@ -255,8 +421,9 @@ def _build_roofline(spec, dtype, size):
     nstate = PATTERNS[spec.pattern][2]
     arrays = (flat_p.copy(), flat_g.copy()) + tuple(np.zeros_like(flat_p) for _ in range(nstate))
     parallel = size.parallel
-    if parallel is None:
-        parallel = size.numel >= _optimizer_module.PARALLEL_THRESHOLD
+    if parallel is None:     # numbaopt's rule (ElementwiseOptimizer._after_init)
+        scale = getattr(getattr(numbaopt.optim, spec.cls), "_parallel_scale", 1)
+        parallel = size.numel >= _optimizer_module.PARALLEL_THRESHOLD * scale
     kernel = roofline_kernel(spec.pattern, parallel)
     step = functools.partial(kernel, *arrays, dtype.type(1e-3))
     return Case(step, _nbytes(spec, dtype, size),

@@ -257,17 +257,25 @@ def section_table(args, sizes):
         print()
 
 
-@numba.njit
-def _empty8(a, b, c, d, e, f, g, h):
-    return None
+_EMPTY_KERNELS = {}
 
 
-@numba.njit
-def _empty10(a, b, c, d, e, f, g, h, i, j):
-    return None
+def empty_kernel(nargs):
+    """An ``@njit`` function of ``nargs`` arguments that does nothing (made once per arity).
+
+    The elementwise kernels take ``(param, grad, has_grad, step, group, hyper, chunks,
+    scalars, *state_buffers)``: 8 arguments plus one per state buffer of the rule.
+    """
+    if nargs not in _EMPTY_KERNELS:
+        names = ", ".join(f"a{k}" for k in range(nargs))
+        namespace = {}
+        exec(f"def _empty{nargs}({names}):\n    return None\n", namespace)
+        _EMPTY_KERNELS[nargs] = numba.njit(namespace[f"_empty{nargs}"])
+    return _EMPTY_KERNELS[nargs]
 
 
-_EMPTY_KERNELS = {8: _empty8, 10: _empty10}
+#: the optimizers of the overhead section unless --optimizers names others
+OVERHEAD_OPTIMIZERS = ("SGD", "Adam")
 
 
 def section_overhead(args):
@@ -275,7 +283,7 @@ def section_overhead(args):
     size = SIZES[0]
     print(f"## Per-step overhead at {size.name} (float32)\n")
     rows = []
-    for opt in ("SGD", "Adam"):
+    for opt in args.optimizers if args.optimizers_given else OVERHEAD_OPTIMIZERS:
         nb = build("numbaopt", opt, "float32", size)
         o = nb.handle
         steps = {"opt.step()": nb.step}
@@ -288,17 +296,16 @@ def section_overhead(args):
                 steps["kernel(*args) via the compiled entry point"] = lambda: entry(*kargs)
             except (KeyError, AttributeError):
                 pass
-            empty = _EMPTY_KERNELS.get(len(kargs))
-            if empty is not None:
-                empty(*kargs)
-                steps["empty @njit function, same arguments"] = lambda: empty(*kargs)
+            empty = empty_kernel(len(kargs))
+            empty(*kargs)
+            steps[f"empty @njit function, same {len(kargs)} arguments"] = lambda: empty(*kargs)
         if cases.torch is not None:
             steps["torch (" + cases.torch_variant(OPTIMIZERS[opt].cls) + ") opt.step()"] = \
                 build("torch", opt, "float32", size).step
         wait_for_idle(args.wait_idle)
         times = measure(steps, rounds=args.rounds, block_time=0.02)
         for name, ts in times.items():
-            rows.append([opt, name, fmt_time(median(ts))])
+            rows.append([opt.replace("_", " "), name, fmt_time(median(ts))])
     print(markdown_table(["optimizer", "call", "time per call"], rows, left=2))
     print("\nThe dispatcher checks the type of every argument on each call; the compiled entry "
           "point\n(`kernel.overloads[signature].entry_point`) skips that check.\n")
@@ -372,7 +379,7 @@ def section_threads(args):
 
 
 _COLD_SCRIPT = r"""
-import json, time
+import json, sys, time
 t0 = time.perf_counter()
 import numpy as np
 import numbaopt
@@ -382,15 +389,40 @@ p.grad = np.ones(1000, dtype=np.float32)
 opt = getattr(numbaopt.optim, OPTIMIZER)([p], lr=1e-3)
 opt.step()
 t2 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "first_step": t2 - t1}))
+
+# After the timing: which compiled functions the step loaded from numba's cache and
+# which it compiled (a dispatcher counts a cache miss for every signature it compiles).
+from numba.core.dispatcher import Dispatcher
+kernel = opt._kernel
+stats = kernel.stats
+dispatchers = {kernel.py_func.__qualname__: kernel}
+for name, module in list(sys.modules.items()):
+    if name.split(".")[0] == "numbaopt":
+        for attr, f in list(vars(module).items()):
+            if isinstance(f, Dispatcher):
+                dispatchers.setdefault(name + "." + attr, f)
+compiled = sorted(name for name, f in dispatchers.items() if sum(f.stats.cache_misses.values()))
+print(json.dumps({"import": t1 - t0, "first_step": t2 - t1,
+                  "kernel": kernel.py_func.__qualname__,
+                  "cache_hits": sum(stats.cache_hits.values()),
+                  "cache_misses": sum(stats.cache_misses.values()),
+                  "compiled": compiled}))
 """
+
+#: the optimizers of the cold-start section and test: SGD (whose rule calls @njit loop
+#: copies) and Adam, and two of the later ones: NAdam (per-parameter scalar state, an
+#: advance step) and Rprop (branches per element)
+COLD_OPTIMIZERS = ("SGD", "Adam", "NAdam", "Rprop")
 
 
 def cold_start(cache_dir, optimizer="Adam"):
     """Run import + first step in a fresh interpreter with ``NUMBA_CACHE_DIR=cache_dir``.
 
-    Returns ``{"import", "first_step", "total", "process"}`` in seconds; ``process``
-    includes interpreter start-up.
+    Returns ``{"import", "first_step", "total", "process"}`` in seconds (``process``
+    includes interpreter start-up) and what the step's kernel did: ``kernel`` (its
+    name), ``cache_hits`` and ``cache_misses`` (signatures loaded from numba's cache,
+    and compiled), and ``compiled`` (every numbaopt function that compiled in the
+    process; empty when everything came from the cache).
     """
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -407,23 +439,37 @@ def cold_start(cache_dir, optimizer="Adam"):
 
 
 def section_cold(args):
-    print("## Cold start: import numbaopt + first Adam step (1k float32) in a fresh process\n")
+    classes = [OPTIMIZERS[o].cls for o in args.optimizers] if args.optimizers_given \
+        else COLD_OPTIMIZERS
+    classes = list(dict.fromkeys(classes))
+    print("## Cold start: import numbaopt + first step (1k float32) in a fresh process\n")
     runs = 2 if args.quick else 5
     rows = []
+    misses = []
     with tempfile.TemporaryDirectory() as tmp:
-        clean = []
-        for k in range(max(1, runs // 2)):
-            clean.append(cold_start(os.path.join(tmp, f"clean{k}")))
-        warm = [cold_start(os.path.join(tmp, "clean0")) for _ in range(runs)]
-    for name, res in (("warm on-disk cache", warm), ("clean cache (compiles)", clean)):
-        rows.append([name, str(len(res)),
-                     f"{median([r['import'] for r in res]):.3f} s",
-                     f"{median([r['first_step'] for r in res]):.3f} s",
-                     f"{median([r['total'] for r in res]):.3f} s",
-                     f"{median([r['process'] for r in res]):.3f} s"])
-    print(markdown_table(["numba cache", "runs", "import", "first step", "import + first step",
-                          "whole process"], rows, left=1))
-    print("\n(medians; the target is import + first step <= 0.5 s with a warm cache)\n")
+        for cls in classes:
+            clean = []
+            for k in range(max(1, runs // 2)):
+                clean.append(cold_start(os.path.join(tmp, f"{cls}-clean{k}"), cls))
+            warm = [cold_start(os.path.join(tmp, f"{cls}-clean0"), cls) for _ in range(runs)]
+            for name, res in (("warm on-disk cache", warm), ("clean cache (compiles)", clean)):
+                loaded = sum(r["cache_hits"] for r in res)
+                compiled = sorted({c for r in res for c in r["compiled"]})
+                rows.append([cls, name, str(len(res)),
+                             f"{median([r['import'] for r in res]):.3f} s",
+                             f"{median([r['first_step'] for r in res]):.3f} s",
+                             f"{median([r['total'] for r in res]):.3f} s",
+                             f"{median([r['process'] for r in res]):.3f} s",
+                             f"{loaded}/{len(res)}"])
+                if name.startswith("warm") and compiled:
+                    misses.append(f"{cls}: compiled with a warm cache: {', '.join(compiled)}")
+    print(markdown_table(["optimizer", "numba cache", "runs", "import", "first step",
+                          "import + first step", "whole process", "kernel from cache"],
+                         rows, left=2))
+    print("\n(medians; the target is import + first step <= 0.5 s with a warm cache;")
+    print("kernel from cache: runs whose step loaded its kernel from numba's cache)\n")
+    if misses:
+        print("\n".join(f"- {m}" for m in misses) + "\n")
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -432,7 +478,9 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS),
-                        default=list(OPTIMIZERS))
+                        help="optimizers of the table (default: all), and of the overhead "
+                             f"and cold sections (default: {', '.join(OVERHEAD_OPTIMIZERS)} "
+                             f"and {', '.join(COLD_OPTIMIZERS)})")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     parser.add_argument("--sizes", nargs="+", help="size names, e.g. 1k/10 16M/1")
     parser.add_argument("--rounds", type=int, default=21, help="most rounds per case")
@@ -449,6 +497,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="small sizes and few rounds: checks that the report runs")
     args = parser.parse_args(argv)
+    args.optimizers_given = args.optimizers is not None
+    if args.optimizers is None:
+        args.optimizers = list(OPTIMIZERS)
     sizes = SMALL_SIZES if args.quick else SIZES
     if args.sizes:
         known = {s.name: s for s in SIZES + SMALL_SIZES}

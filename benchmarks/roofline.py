@@ -11,10 +11,18 @@ traffic pattern     optimizers          buffers
 ==================  ==================  =========
 ``p, g -> p``       SGD                 2 read, 1 written
 ``p, g, s -> p, s`` SGD momentum,       3 read, 2 written
-                    RMSprop, Adagrad
-``p, g, m, v ->``   Adam, AdamW         4 read, 3 written
-``p, m, v``
+                    RMSprop, Adagrad,
+                    ASGD
+``p, g, m, v ->``   Adam, AdamW,        4 read, 3 written
+``p, m, v``         Adadelta, Adamax,
+                    NAdam, RAdam, Rprop
 ==================  ==================  =========
+
+``s``, ``m`` and ``v`` stand for any state buffers: ASGD's ax, Adadelta's
+square_avg and acc_delta, Adamax's exp_avg and exp_inf, Rprop's prev and
+step_size. ASGD only writes ax before its t0, but on the machine measured a
+loop that stores a buffer without reading it is slower than one that reads
+it too, so ``p, g, s -> p, s`` is its tighter roofline.
 
 Like the optimizers, the kernels run serially below a size threshold and over
 numba's thread pool (``prange``) above it.
