@@ -37,10 +37,11 @@ class Module:
         return self.forward(*args)
 
     def forward(self, *args):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
 
     def backward(self, grad_output):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward(): "
+                                  "numbaopt.nn layers give their gradients explicitly")
 
     def named_parameters(self, prefix=""):
         """Yield ``(name, Parameter)`` pairs, sub-modules' parameters included."""

@@ -434,3 +434,29 @@ def test_checkpoint_round_trip_continues_bit_for_bit(name, tmp_path):
         opt_b.step()
     for p, q in zip(a, b):
         np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_the_rule_hash_covers_helpers_in_other_modules(tmp_path, monkeypatch):
+    """A rule's @njit helper may live in another file: editing that file changes the tag."""
+    import importlib
+    from numbaopt.kernels import elementwise as ew
+    (tmp_path / "my_helpers.py").write_text(
+        "from numba import njit\n\n@njit(inline='always')\ndef twice(x):\n    return x + x\n")
+    (tmp_path / "my_rule.py").write_text(textwrap.dedent("""
+        from my_helpers import twice
+
+        def coefficients(h, t, s, i, T):
+            return (T(h[0]),)
+
+        def update(lo, hi, stride, k, param, grad):
+            for j in range(lo, hi, stride):
+                param[j] = param[j] - twice(k[0] * grad[j])
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rule_module = importlib.import_module("my_rule")
+    before = ew.Rule("mine", 0, rule_module.coefficients, rule_module.update).tag
+    with open(tmp_path / "my_helpers.py", "a") as f:
+        f.write("# edited\n")
+    ew._file_digest.cache_clear()
+    after = ew.Rule("mine", 0, rule_module.coefficients, rule_module.update).tag
+    assert before != after

@@ -44,6 +44,7 @@ array arguments called per element costs reference counting per element when
 it branches, which also stops LLVM from vectorizing (measured: 3x).
 """
 
+import functools
 import hashlib
 import inspect
 import pathlib
@@ -67,17 +68,11 @@ _INLINE_OPTS = dict(error_model="numpy", inline="always")
 # dispatcher (it types tuples in Python), and unpacking one costs reference counting.
 # The templates below are written for any number of buffers (``{args}``);
 # ``templates(n)`` makes the n-buffer version, compiled in this file's name so numba's
-# cache finds it. Global names that are not numba's or NumPy's (counts_step,
-# coefficients, update, advance, count_steps, walk, advance_all) are bound per rule by
-# Rule.cpu().
+# cache finds it. Global names that are not numba's or NumPy's (coefficients, update,
+# count_steps, walk, advance_all, and counts_step and advance in the plain templates
+# below) are bound per rule by Rule.cpu().
 
 _TEMPLATES = """
-def _count_steps(has_grad, step, group, hyper):
-    for i in range(has_grad.shape[0]):
-        if has_grad[i] and counts_step(hyper, group[i]):
-            step[i] += 1.0
-
-
 def _walk(first, last, param, grad, has_grad, step, group, hyper, chunks, scalars{args}):
     # Reads grad; updates param and the state buffers in place over chunks first:last.
     T = param.dtype.type
@@ -102,6 +97,12 @@ def _parallel(param, grad, has_grad, step, group, hyper, chunks, scalars{args}):
         walk(c, c + 1, param, grad, has_grad, step, group, hyper, chunks, scalars{args})
     advance_all(has_grad, step, group, hyper, scalars)
 """
+
+
+def _count_steps(has_grad, step, group, hyper):
+    for i in range(has_grad.shape[0]):
+        if has_grad[i] and counts_step(hyper, group[i]):  # noqa: F821
+            step[i] += 1.0
 
 
 def _count_all_steps(has_grad, step, group, hyper):
@@ -174,20 +175,39 @@ def python_twin(function):
 
 
 def _source_hash(functions):
-    """A short hash of the source files of ``functions`` and of the scalar helpers."""
+    """A short hash of every source file compiled into a rule's kernels.
+
+    That is the files of ``functions``, of the ``@njit`` functions they call by
+    global name (recursively: a rule's helpers may live in another module), and
+    of the scalar helpers.
+    """
     digest = hashlib.sha256()
     files = {pathlib.Path(scalar.__file__)}
-    for f in functions:
+    seen = set()
+    todo = list(functions)
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
         try:
             files.add(pathlib.Path(inspect.getsourcefile(f)))
-        except (TypeError, OSError):
+        except (TypeError, OSError):   # e.g. an interactive session: hash the bytecode
             digest.update(f.__code__.co_code + repr(f.__code__.co_consts).encode())
+        todo.extend(value.py_func for value in map(f.__globals__.get, f.__code__.co_names)
+                    if isinstance(value, Dispatcher))
     for path in sorted(files):
-        try:
-            digest.update(path.read_bytes())
-        except OSError:   # e.g. an interactive session: fall back on the bytecode
-            digest.update(str(path).encode())
+        digest.update(_file_digest(path))
     return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _file_digest(path):
+    # Every rule hashes scalar.py, and AdamW shares Adam's module: read each file once.
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return str(path).encode()
 
 
 class Rule:
@@ -226,8 +246,7 @@ class Rule:
                 env["count_steps"] = inline(_count_all_steps)
             else:
                 env["counts_step"] = inline(self.counts_step)
-                env["count_steps"] = inline(bind(t["_count_steps"], env,
-                                                 f"_count_steps_{self.tag}"))
+                env["count_steps"] = inline(bind(_count_steps, env, f"_count_steps_{self.tag}"))
             env["walk"] = inline(bind(t["_walk"], env, f"_walk_{self.tag}"))
             if self.advance is None:
                 env["advance_all"] = inline(_nothing_to_advance)

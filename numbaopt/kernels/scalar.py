@@ -67,5 +67,4 @@ PYTHON_TWINS = {sqrt: sqrt.py_func, lerp: lerp.py_func, maximum: maximum.py_func
                 clamp: clamp.py_func}
 
 #: ... and in a CUDA kernel, where they become inlined device functions.
-CUDA_TWINS = {sqrt: _sqrt_cuda, lerp: lerp.py_func, maximum: maximum.py_func,
-              clamp: clamp.py_func}
+CUDA_TWINS = {**PYTHON_TWINS, sqrt: _sqrt_cuda}

@@ -208,7 +208,8 @@ class LRScheduler:
 
     def get_lr(self):
         """Compute the next learning rate of each param group (called by :meth:`step`)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement get_lr(): a "
+                                  "scheduler subclass returns one lr per param group")
 
     def step(self, epoch=None):
         """Advance the schedule by one epoch and write the new ``lr`` into each group.

@@ -338,13 +338,18 @@ def check_option(group, key, message, low=0.0, high=math.inf, high_open=False,
     The value must be a finite real number; ``index`` names the group in the message.
     """
     value = group[key]
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_finite_real(value)
     if ok:
         ok = (low < value if low_open else low <= value) and \
              (value < high if high_open else value <= high)
     if not ok:
         suffix = f" ({where} {index}, '{key}')" if index is not None else ""
         raise ValueError(f"{message}: {value!r}{suffix}")
+
+
+def is_finite_real(value):
+    """Whether ``value`` is a finite real number (not a bool): what a kernel column takes."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_betas(group, index=None, where="param group", key="betas", high_open=True,

@@ -1,10 +1,7 @@
 """Rprop (torch.optim.Rprop)."""
 
-import math
-from numbers import Real
-
 from .elementwise import ElementwiseOptimizer, clamp
-from .optimizer import check_flag, check_implementation_flags, check_option
+from .optimizer import check_flag, check_implementation_flags, check_option, is_finite_real
 
 __all__ = ["Rprop"]
 
@@ -62,7 +59,7 @@ class Rprop(ElementwiseOptimizer):
         for key in ("etas", "step_sizes"):
             pair = group[key]
             if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(
-                    _is_finite_real(v) for v in pair):
+                    is_finite_real(v) for v in pair):
                 raise ValueError(f"{key} must be a pair of finite floats, got {pair!r}{suffix}")
         etaminus, etaplus = group["etas"]
         if not 0.0 < etaminus < 1.0 < etaplus:
@@ -101,6 +98,3 @@ class Rprop(ElementwiseOptimizer):
                 param[j] = param[j] + size
             prev[j] = d
 
-
-def _is_finite_real(value):
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
