@@ -4,6 +4,7 @@ from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
+from .arena_optimizer import ArenaOptimizer
 from .asgd import ASGD
 from .elementwise import ElementwiseOptimizer
 from .nadam import NAdam
@@ -14,5 +15,5 @@ from .rprop import Rprop
 from .sgd import SGD
 from . import lr_scheduler  # noqa: E402  (needs Optimizer)
 
-__all__ = ["Optimizer", "ElementwiseOptimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+__all__ = ["Optimizer", "ArenaOptimizer", "ElementwiseOptimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
            "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "lr_scheduler"]
