@@ -147,14 +147,21 @@ def save(path, optimizer, scheduler=None):
     arrays = {"params": arena.data}
     state_keys = []
     for i, entry in sd["state"].items():
-        keys = []
+        keys, kinds = [], {}
         for key, value in entry.items():
-            value = np.asarray(value)
-            if value.dtype.kind not in "biuf":
-                raise TypeError(f"cannot save state[{i}][{key!r}] of dtype {value.dtype}")
-            arrays[f"state/{int(i)}/{key}"] = value
+            member = f"state/{int(i)}/{key}"
+            if isinstance(value, (list, tuple)):
+                # LBFGS's history: a list of arrays (and Nones), one member per array
+                kinds[key] = ["list", len(value), [j for j, v in enumerate(value) if v is None]]
+                for j, v in enumerate(value):
+                    if v is not None:
+                        arrays[f"{member}/{j}"] = _state_array(v, f"state[{i}][{key!r}][{j}]")
+            elif value is None or isinstance(value, (bool, int, float)):
+                kinds[key] = ["value", _encode(value, f"state[{i}][{key!r}]")]
+            else:
+                arrays[member] = _state_array(value, f"state[{i}][{key!r}]")
             keys.append(key)
-        state_keys.append([int(i), keys])
+        state_keys.append([int(i), keys, kinds])
     groups = []
     for g, group in enumerate(sd["param_groups"]):
         groups.append(_encode(group, f"param_groups[{g}]"))
@@ -178,6 +185,13 @@ def save(path, optimizer, scheduler=None):
     payload = {k: v for k, v in arrays.items() if k != "meta"}
     arrays["sha256"] = np.frombuffer(_digest(meta_bytes, payload), dtype=np.uint8)
     _write_atomic(path, arrays)
+
+
+def _state_array(value, where):
+    value = np.asarray(value)
+    if value.dtype.kind not in "biuf":
+        raise TypeError(f"cannot save {where} of dtype {value.dtype}")
+    return value
 
 
 def _check_scheduler(optimizer, scheduler):
@@ -356,9 +370,25 @@ def _validate(path, meta, arrays, optimizer, scheduler):
     state = {}
     expected_names = {"params"}
     scalar_keys = {"step"} | set(getattr(optimizer, "_scalar_state", ()))
+    # Optimizers whose load_state_dict checks every shape (the built-in ones; Adafactor's
+    # and LBFGS's state is not shaped like the parameters) are trusted with it.
+    check_shapes = not getattr(optimizer, "_validates_state_shapes", False)
+
+    def member_array(member, where, want):
+        if member not in arrays:
+            raise bad(f"it lacks the array {member!r}")
+        value = arrays[member]
+        if want is not None and value.shape != want:
+            raise bad(f"{where} has shape {value.shape}, expected {want}")
+        if value.dtype.kind not in "biuf":
+            raise bad(f"{where} has dtype {value.dtype}")
+        expected_names.add(member)
+        return value
+
     for entry in meta.get("state", []):
         try:
             i, keys = int(entry[0]), list(entry[1])
+            kinds = dict(entry[2]) if len(entry) > 2 else {}
         except (TypeError, ValueError, IndexError):
             raise bad(f"malformed state listing {entry!r}") from None
         if not 0 <= i < len(arena):
@@ -366,17 +396,25 @@ def _validate(path, meta, arrays, optimizer, scheduler):
         state[i] = {}
         for key in keys:
             member = f"state/{i}/{key}"
-            if member not in arrays:
-                raise bad(f"it lacks the array {member!r}")
-            value = arrays[member]
-            # per-parameter scalars (step, NAdam's mu_product, ASGD's eta and mu) are 0-d
-            want = () if key in scalar_keys else tuple(shapes[i])
-            if value.shape != want:
-                raise bad(f"state[{i}][{key!r}] has shape {value.shape}, expected {want}")
-            if value.dtype.kind not in "biuf":
-                raise bad(f"state[{i}][{key!r}] has dtype {value.dtype}")
-            state[i][key] = value
-            expected_names.add(member)
+            where = f"state[{i}][{key!r}]"
+            kind = kinds.get(key, ["array"])
+            if not isinstance(kind, list) or not kind:
+                raise bad(f"malformed state listing {entry!r}")
+            if kind[0] == "value" and len(kind) == 2:
+                state[i][key] = _decode(kind[1])
+            elif kind[0] == "list" and len(kind) == 3 and isinstance(kind[1], int):
+                nones = set(kind[2]) if isinstance(kind[2], list) else None
+                if nones is None or kind[1] < 0:
+                    raise bad(f"malformed state listing {entry!r}")
+                state[i][key] = [None if j in nones else
+                                 member_array(f"{member}/{j}", f"{where}[{j}]", None)
+                                 for j in range(kind[1])]
+            elif kind == ["array"]:
+                # per-parameter scalars (step, NAdam's mu_product, ASGD's eta and mu) are 0-d
+                want = () if key in scalar_keys else tuple(shapes[i])
+                state[i][key] = member_array(member, where, want if check_shapes else None)
+            else:
+                raise bad(f"malformed state listing {entry!r}")
     extra = sorted(set(arrays) - expected_names)
     if extra:
         raise bad(f"unexpected entries {extra}")

@@ -7,6 +7,7 @@ from .adamax import Adamax
 from .arena_optimizer import ArenaOptimizer
 from .asgd import ASGD
 from .elementwise import ElementwiseOptimizer
+from .lbfgs import LBFGS
 from .nadam import NAdam
 from .optimizer import Optimizer
 from .radam import RAdam
@@ -16,4 +17,4 @@ from .sgd import SGD
 from . import lr_scheduler  # noqa: E402  (needs Optimizer)
 
 __all__ = ["Optimizer", "ArenaOptimizer", "ElementwiseOptimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
-           "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "lr_scheduler"]
+           "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "lr_scheduler"]

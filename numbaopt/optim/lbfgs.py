@@ -1,0 +1,870 @@
+"""L-BFGS (torch.optim.LBFGS) on the flat arena, vector-free.
+
+The arena already is the flat vector torch rebuilds with ``_gather_flat_grad``
+at every evaluation, so nothing is gathered or scattered: the closure writes
+gradients into the arena and the compiled passes below read them there.
+
+torch's two-loop recursion makes ``4 * history`` passes over arena-sized
+vectors per iteration (a dot product and an axpy for each stored pair, twice).
+Here it runs in the coefficient space of the basis ``{s_i, y_i, g}`` (Chen et
+al., "Large-scale L-BFGS using MapReduce", NeurIPS 2014): the dot products
+``s_i . y_j`` and ``y_i . y_j`` are kept in a small Gram table, so an
+iteration makes two passes over the history, one that computes the new pair
+and its dot products with every stored pair and one that forms the direction
+as a linear combination. Same algebra, same decisions, about 2.5 times fewer
+bytes moved; rounding differs from torch's at the level of the dot products.
+"""
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+from numba import njit, prange
+
+from .optimizer import Optimizer, ParamGroup, _split_groups, is_finite_real
+
+__all__ = ["LBFGS"]
+
+#: Elements per block of the compiled passes: a block of the new pair, the gradient
+#: and the direction stays in L1/L2 while every stored pair streams past it once.
+BLOCK = 2048
+
+#: The dot products may be reassociated (as BLAS's are) so LLVM vectorizes them.
+#: No other fastmath flag: NaN and inf still propagate.
+_REDUCE = {"reassoc"}
+
+#: Arenas with at least this many elements use the threaded passes.
+PARALLEL_THRESHOLD = 1 << 16
+
+
+def _nan_max(a, b):
+    """``max`` that keeps NaN (torch's ``abs().max()`` propagates it)."""
+    if a != a or b > a:
+        return b if a == a else a
+    return a
+
+
+def _abs_stats(g, partial):
+    """``(max |g|, sum |g|)`` in float64; ``partial`` is a (blocks, 2) scratch table."""
+    n = g.size
+    for b in prange(partial.shape[0]):
+        lo = b * BLOCK
+        hi = min(lo + BLOCK, n)
+        mx = 0.0
+        sm = 0.0
+        for e in range(lo, hi):
+            a = abs(np.float64(g[e]))
+            sm += a
+            if a > mx or a != a:
+                mx = a if mx == mx else mx
+        partial[b, 0] = mx
+        partial[b, 1] = sm
+    mx = 0.0
+    sm = 0.0
+    for b in range(partial.shape[0]):
+        a = partial[b, 0]
+        if a > mx or a != a:
+            mx = a if mx == mx else mx
+        sm += partial[b, 1]
+    return mx, sm
+
+
+def _history_dots(g, prev, d, t, S, Y, slots, m, spare, partial, out):
+    """Write the new pair ``y = g - prev``, ``s = t * d`` into row ``spare`` of ``S`` and ``Y``,
+    and its dot products with the ``m`` stored pairs (rows ``slots[:m]``).
+
+    ``out[k] = (s.y_k, y.s_k, y.y_k, g.s_k, g.y_k)`` for ``k < m`` and
+    ``out[m] = (y.s, y.y, g.s, g.y)`` for the new pair, in float64.
+    """
+    n = g.size
+    for b in prange(partial.shape[0]):
+        lo = b * BLOCK
+        hi = min(lo + BLOCK, n)
+        ys = 0.0
+        yy = 0.0
+        gs = 0.0
+        gy = 0.0
+        for e in range(lo, hi):
+            y = g[e] - prev[e]
+            s = d[e] * t
+            Y[spare, e] = y
+            S[spare, e] = s
+            y64 = np.float64(y)
+            s64 = np.float64(s)
+            g64 = np.float64(g[e])
+            ys += y64 * s64
+            yy += y64 * y64
+            gs += g64 * s64
+            gy += g64 * y64
+        partial[b, m, 0] = ys
+        partial[b, m, 1] = yy
+        partial[b, m, 2] = gs
+        partial[b, m, 3] = gy
+        for k in range(m):
+            row = slots[k]
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            a4 = 0.0
+            for e in range(lo, hi):
+                sk = np.float64(S[row, e])
+                yk = np.float64(Y[row, e])
+                sn = np.float64(S[spare, e])
+                yn = np.float64(Y[spare, e])
+                ge = np.float64(g[e])
+                a0 += sn * yk
+                a1 += yn * sk
+                a2 += yn * yk
+                a3 += ge * sk
+                a4 += ge * yk
+            partial[b, k, 0] = a0
+            partial[b, k, 1] = a1
+            partial[b, k, 2] = a2
+            partial[b, k, 3] = a3
+            partial[b, k, 4] = a4
+    for k in range(m + 1):
+        for c in range(5):
+            acc = 0.0
+            for b in range(partial.shape[0]):
+                acc += partial[b, k, c]
+            out[k, c] = acc
+
+
+def _direction(g, prev, S, Y, slots, m, coef_s, coef_y, coef_g, d, acc, partial):
+    """``d = coef_g * g + sum_k coef_s[k] * S[slots[k]] + coef_y[k] * Y[slots[k]]``, then
+    ``prev = g``; returns ``(g . d, max |d|)`` in float64.
+
+    The combination is formed in float64 per block (``acc``: one row per block,
+    cache-resident while the block is formed) and rounded once into ``d``.
+    """
+    n = g.size
+    for b in prange(partial.shape[0]):
+        w = acc[b]
+        lo = b * BLOCK
+        hi = min(lo + BLOCK, n)
+        L = hi - lo
+        for e in range(L):
+            w[e] = coef_g * np.float64(g[lo + e])
+        for k in range(m):
+            row = slots[k]
+            cs = coef_s[k]
+            cy = coef_y[k]
+            for e in range(L):
+                w[e] += cs * np.float64(S[row, lo + e]) + cy * np.float64(Y[row, lo + e])
+        gtd = 0.0
+        mx = 0.0
+        for e in range(L):
+            d[lo + e] = w[e]
+            v = np.float64(d[lo + e])
+            gtd += np.float64(g[lo + e]) * v
+            a = abs(v)
+            if a > mx or a != a:
+                mx = a if mx == mx else mx
+            prev[lo + e] = g[lo + e]
+        partial[b, 0] = gtd
+        partial[b, 1] = mx
+    gtd = 0.0
+    mx = 0.0
+    for b in range(partial.shape[0]):
+        gtd += partial[b, 0]
+        a = partial[b, 1]
+        if a > mx or a != a:
+            mx = a if mx == mx else mx
+    return gtd, mx
+
+
+def _move(x, base, d, t):
+    """``x = base + t * d`` (torch's ``p.add_(d, alpha=t)`` on ``p == base``); ``base`` may be ``x``."""
+    for e in prange(x.size):
+        x[e] = base[e] + t * d[e]
+
+
+def _dot(a, b, partial):
+    """``a . b`` in float64, blocked as the other passes."""
+    n = a.size
+    for blk in prange(partial.shape[0]):
+        lo = blk * BLOCK
+        hi = min(lo + BLOCK, n)
+        s = 0.0
+        for e in range(lo, hi):
+            s += np.float64(a[e]) * np.float64(b[e])
+        partial[blk, 0] = s
+    s = 0.0
+    for blk in range(partial.shape[0]):
+        s += partial[blk, 0]
+    return s
+
+
+def _compile(function, reduce=True):
+    flags = dict(cache=True, error_model="numpy", fastmath=_REDUCE if reduce else False)
+    return njit(**flags)(function), njit(parallel=True, **flags)(function)
+
+
+_ABS_STATS = _compile(_abs_stats)
+_HISTORY_DOTS = _compile(_history_dots)
+_DIRECTION = _compile(_direction)
+_MOVE = _compile(_move, reduce=False)
+_DOT = _compile(_dot)
+
+
+@njit(cache=True, error_model="numpy")
+def _round(x, single):
+    return np.float64(np.float32(x)) if single else x
+
+
+@njit(cache=True, error_model="numpy")
+def _two_loop(m, slots, SY, YY, gs, gy, rho, H, single, al, coef_s, coef_y):
+    """The L-BFGS two-loop recursion in the coefficients of ``{s_k, y_k, g}``.
+
+    ``SY[a, b] = s_a . y_b`` and ``YY`` over rows of the history, ``gs[k] = g . s_k``
+    and ``gy[k] = g . y_k`` for the ``m`` stored pairs (oldest first). Writes
+    torch's ``al`` and the coefficients of the direction; returns that of ``g``.
+    Scalars are rounded to float32 where torch holds float32 tensors.
+    """
+    for k in range(m):
+        coef_s[k] = 0.0
+        coef_y[k] = 0.0
+    # q = -g + sum_k coef_y[k] y_k
+    for i in range(m - 1, -1, -1):
+        si = slots[i]
+        sq = -gs[i]
+        for j in range(i + 1, m):
+            sq += coef_y[j] * SY[si, slots[j]]
+        a = _round(_round(sq, single) * rho[si], single)
+        al[i] = a
+        coef_y[i] = -a
+    # r = H q
+    coef_g = -H
+    for k in range(m):
+        coef_y[k] *= H
+    for i in range(m):
+        yi = slots[i]
+        yr = coef_g * gy[i]
+        for j in range(m):
+            yr += coef_s[j] * SY[slots[j], yi] + coef_y[j] * YY[yi, slots[j]]
+        be = _round(_round(yr, single) * rho[yi], single)
+        coef_s[i] += _round(al[i] - be, single)
+    return coef_g
+
+
+@njit(cache=True, error_model="numpy")
+def _zero_missing(grad, offsets, has_grad):
+    """torch reads a parameter without gradient as zeros: make its slice of ``grad`` zero."""
+    for i in range(has_grad.size):
+        if not has_grad[i]:
+            for e in range(offsets[i], offsets[i + 1]):
+                grad[e] = 0
+
+
+def _cubic_interpolate(x1, f1, g1, x2, f2, g2, bounds=None):
+    # torch's port of polyinterp.lua, unchanged
+    if bounds is not None:
+        xmin_bound, xmax_bound = bounds
+    else:
+        xmin_bound, xmax_bound = (x1, x2) if x1 <= x2 else (x2, x1)
+    d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
+    d2_square = d1 ** 2 - g1 * g2
+    if d2_square >= 0:
+        d2 = math.sqrt(d2_square)
+        if x1 <= x2:
+            min_pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
+        else:
+            min_pos = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
+        return min(max(min_pos, xmin_bound), xmax_bound)
+    return (xmin_bound + xmax_bound) / 2.0
+
+
+class LBFGS(Optimizer):
+    """L-BFGS (Nocedal 1980; minFunc's variant, as torch.optim.LBFGS).
+
+    Each ``step(closure)`` runs up to ``max_iter`` quasi-Newton iterations.
+    From the gradient ``g`` and the last ``history_size`` pairs
+    ``s = x_{k+1} - x_k``, ``y = g_{k+1} - g_k`` (kept when ``y.s > 1e-10``)
+    the two-loop recursion gives the direction ``d ~ -H^{-1} g``; the step is
+    ``x += t d`` with ``t = lr`` (the first ever ``min(1, 1/|g|_1) * lr``), or
+    the step length of a strong-Wolfe line search. It stops when
+    ``max |g| <= tolerance_grad``, when the step or the change of the loss
+    falls below ``tolerance_change``, or after ``max_eval`` evaluations.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        One group only, as in torch.
+    lr : float, default 1
+    max_iter : int, default 20
+        Iterations per ``step()``.
+    max_eval : int, default ``max_iter * 5 // 4``
+        Closure evaluations per ``step()``.
+    tolerance_grad : float, default 1e-7
+    tolerance_change : float, default 1e-9
+    history_size : int, default 100
+        Stored pairs: ``2 * (history_size + 1)`` arena-sized buffers, allocated once.
+    line_search_fn : None or "strong_wolfe"
+
+    The closure sets the gradients (``p.grad = ...``, or writes ``opt.arena.grad``
+    and sets ``opt.arena.has_grad``) and returns the loss (a float or a 0-d
+    array). A parameter without gradient counts as zeros, as in torch. Numbers
+    match torch iterate for iterate; the dot products are summed in float64 (also
+    for float32 parameters), so they round differently from torch's BLAS. A NaN
+    or inf loss or gradient propagates into the parameters, as in torch (see the
+    README).
+
+    Examples
+    --------
+    >>> opt = LBFGS([x], line_search_fn="strong_wolfe")
+    >>> def closure():
+    ...     x.grad = grad_f(x.data)
+    ...     return f(x.data)
+    >>> opt.step(closure)
+    """
+
+    _validates_state_shapes = True   # load_state_dict checks every vector (numbaopt.load)
+
+    def __init__(self, params, lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-7,
+                 tolerance_change=1e-9, history_size=100, line_search_fn=None):
+        if isinstance(lr, np.ndarray) and lr.size != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if max_eval is None:
+            max_eval = max_iter * 5 // 4
+        defaults = dict(lr=lr, max_iter=max_iter, max_eval=max_eval,
+                        tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
+                        history_size=history_size, line_search_fn=line_search_fn)
+        groups = _split_groups(params)
+        if len(groups) != 1:
+            raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
+        super().__init__(groups, defaults)
+        self._params = self.param_groups[0]["params"]
+        self._reset_state()
+
+    # -- state ---------------------------------------------------------------------
+    def _reset_state(self, history_size=None):
+        """Fresh state: no iteration yet, buffers allocated for the group's history size."""
+        arena = self.arena
+        n, dtype = arena.size, arena.dtype
+        H = self.param_groups[0]["history_size"] if history_size is None else history_size
+        self._H = int(H)
+        nblocks = max(1, -(-n // BLOCK))
+        self._single = dtype == np.float32
+        self._T = np.float32 if self._single else np.float64
+        self._func_evals = None      # torch's state keys appear on the first step
+        self._n_iter = None
+        self._started = False        # d, t, history, ... exist
+        self._t = None
+        self._H_diag = 1
+        self._prev_loss = None
+        self._al = None              # torch's state["al"]: a list once the recursion ran
+        self._order = []             # ring rows of the stored pairs, oldest first
+        self._rho = np.zeros(self._H + 1)
+        self._d = np.zeros(n, dtype)
+        self._prev = np.zeros(n, dtype)
+        self._S = np.zeros((self._H + 1, n), dtype)
+        self._Y = np.zeros((self._H + 1, n), dtype)
+        self._SY = np.zeros((self._H + 1, self._H + 1))
+        self._YY = np.zeros((self._H + 1, self._H + 1))
+        self._dots = np.zeros((self._H + 2, 5))
+        self._partial = np.zeros((nblocks, self._H + 2, 5))
+        self._small = np.zeros((nblocks, 2))
+        self._acc = np.zeros((nblocks, BLOCK))
+        self._coef = np.zeros((3, self._H + 1))
+        self._gs = np.zeros(self._H + 1)
+        self._gy = np.zeros(self._H + 1)
+        self._slots = np.zeros(self._H + 1, dtype=np.int64)
+        self._x_init = None          # the line search's buffers, allocated on first use
+        self._pool = None
+        self._parallel = n >= PARALLEL_THRESHOLD
+
+    @property
+    def state(self):
+        """torch's view: the optimizer's state is that of its first parameter (copies)."""
+        entry = self._state_entry()
+        return {self._params[0]: entry} if entry else {}
+
+    def _state_entry(self):
+        if self._func_evals is None:
+            return {}
+        out = {"func_evals": self._func_evals, "n_iter": self._n_iter}
+        if not self._started:
+            return out
+        T = self._T
+        out["d"] = self._d.copy()
+        out["t"] = self._t
+        out["old_dirs"] = [self._Y[r].copy() for r in self._order]
+        out["old_stps"] = [self._S[r].copy() for r in self._order]
+        out["ro"] = [np.array(self._rho[r], dtype=T) for r in self._order]
+        out["H_diag"] = self._H_diag if isinstance(self._H_diag, int) else np.array(self._H_diag, T)
+        out["prev_flat_grad"] = self._prev.copy()
+        out["prev_loss"] = self._prev_loss
+        if self._al is not None:
+            out["al"] = [None if a is None else np.array(a, dtype=T) for a in self._al]
+        return out
+
+    def state_dict(self):
+        """torch's format: the whole state under the first parameter's index (copies)."""
+        entry = self._state_entry()
+        return {"state": {0: entry} if entry else {}, "param_groups": self._packed_groups()}
+
+    def load_state_dict(self, state_dict):
+        """Load a state_dict from ``state_dict()`` or torch's LBFGS (tensors as ``.numpy()``).
+
+        Validated completely before anything changes; arrays are copied in. The
+        Gram table of the stored pairs is recomputed from them.
+        """
+        new_groups, index_of = self._loaded_groups(state_dict)
+        saved = state_dict["state"]
+        if not isinstance(saved, Mapping):
+            raise ValueError("state_dict['state'] must be a dict")
+        entry = {}
+        for key, value in saved.items():
+            if key not in index_of:
+                raise ValueError(f"loaded state refers to parameter {key!r}, "
+                                 "which no loaded param group lists")
+            if not isinstance(value, Mapping):
+                raise ValueError(f"loaded state of parameter {key!r} is not a dict")
+            if value and index_of[key] != 0:
+                raise ValueError(f"LBFGS keeps its state under its first parameter; the loaded "
+                                 f"state is under parameter {key!r}")
+            entry = value
+        loaded = self._parse_state(entry, new_groups[0])
+        self.param_groups[:] = [ParamGroup(g, self._dirty) for g in new_groups]
+        self._reset_state()
+        self.__dict__.update(loaded.pop("attrs"))
+        S, Y = loaded["S"], loaded["Y"]
+        m = len(S)
+        for r in range(m):
+            self._S[r] = S[r]
+            self._Y[r] = Y[r]
+        self._order = list(range(m))
+        if loaded["d"] is not None:
+            self._d[:] = loaded["d"]
+            self._prev[:] = loaded["prev"]
+        self._rho[:m] = loaded["rho"]
+        self._gram(m)
+
+    def _parse_state(self, entry, group):
+        """The loaded state as host arrays and scalars, after checking every value."""
+        n, T = self.arena.size, self._T
+        known = {"func_evals", "n_iter", "d", "t", "old_dirs", "old_stps", "ro", "H_diag",
+                 "prev_flat_grad", "prev_loss", "al"}
+        unknown = set(entry) - known
+        if unknown:
+            raise ValueError(f"loaded LBFGS state has unexpected keys {sorted(unknown)}")
+
+        def count(name):
+            v = np.asarray(entry[name])
+            if v.shape != () or v.dtype.kind not in "iuf" or not float(v) >= 0 \
+                    or float(v) != int(v):
+                raise ValueError(f"loaded LBFGS '{name}' must be a non-negative integer, "
+                                 f"got {entry[name]!r}")
+            return int(v)
+
+        def vector(name, value):
+            v = np.asarray(value)
+            if v.dtype.kind not in "iuf" or v.size != n or v.ndim != 1:
+                raise ValueError(f"loaded LBFGS '{name}' must be a real vector of {n} "
+                                 f"elements (the parameters' size), got shape {v.shape} "
+                                 f"dtype {v.dtype}")
+            return v.astype(self.arena.dtype)
+
+        def scalar(name, value):
+            v = np.asarray(value)
+            if v.shape != () or v.dtype.kind not in "iuf":
+                raise ValueError(f"loaded LBFGS '{name}' must be a number, got {value!r}")
+            return float(v)
+
+        attrs = {}
+        if not entry:
+            return {"attrs": attrs, "S": [], "Y": [], "d": None, "prev": None, "rho": []}
+        for name in ("func_evals", "n_iter"):
+            if name not in entry:
+                raise ValueError(f"loaded LBFGS state lacks '{name}'")
+        attrs["_func_evals"], attrs["_n_iter"] = count("func_evals"), count("n_iter")
+        tensors = ("d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad",
+                   "prev_loss")
+        present = [k for k in tensors if k in entry]
+        if not present:
+            return {"attrs": attrs, "S": [], "Y": [], "d": None, "prev": None, "rho": []}
+        missing = [k for k in tensors if k not in entry]
+        if missing:
+            raise ValueError(f"loaded LBFGS state lacks {missing}")
+        dirs, stps, ro = entry["old_dirs"], entry["old_stps"], entry["ro"]
+        for name, v in (("old_dirs", dirs), ("old_stps", stps), ("ro", ro)):
+            if not isinstance(v, (list, tuple)):
+                raise ValueError(f"loaded LBFGS '{name}' must be a list, got {type(v).__name__}")
+        if not len(dirs) == len(stps) == len(ro):
+            raise ValueError("loaded LBFGS 'old_dirs', 'old_stps' and 'ro' differ in length "
+                             f"({len(dirs)}, {len(stps)}, {len(ro)})")
+        if len(dirs) > group["history_size"]:
+            raise ValueError(f"loaded LBFGS history holds {len(dirs)} pairs, more than "
+                             f"history_size={group['history_size']}")
+        Y = [vector("old_dirs", v) for v in dirs]
+        S = [vector("old_stps", v) for v in stps]
+        rho = [float(T(scalar("ro", v))) for v in ro]
+        H_diag = entry["H_diag"]
+        if isinstance(H_diag, (int, np.integer)) and not isinstance(H_diag, bool):
+            H_diag = int(H_diag)
+        else:
+            H_diag = float(T(scalar("H_diag", H_diag)))
+        al = entry.get("al")
+        if al is not None:
+            if not isinstance(al, (list, tuple)) or len(al) != group["history_size"]:
+                raise ValueError("loaded LBFGS 'al' must be a list of history_size entries")
+            al = [None if a is None else float(T(scalar("al", a))) for a in al]
+        t = entry["t"]
+        t = scalar("t", t) if not isinstance(t, float) else t
+        prev_loss = entry["prev_loss"]
+        prev_loss = scalar("prev_loss", prev_loss) if not isinstance(prev_loss, float) else prev_loss
+        attrs.update(_started=True, _t=t, _H_diag=H_diag, _prev_loss=prev_loss, _al=al)
+        return {"attrs": attrs, "S": S, "Y": Y, "rho": rho,
+                "d": vector("d", entry["d"]), "prev": vector("prev_flat_grad", entry["prev_flat_grad"])}
+
+    def _gram(self, m):
+        """Rebuild ``SY`` and ``YY`` of the first ``m`` rows (after a load), in float64 blocks."""
+        S, Y = self._S[:m], self._Y[:m]
+        self._SY[:] = 0
+        self._YY[:] = 0
+        step = 1 << 16
+        for lo in range(0, self.arena.size, step):
+            s = S[:, lo:lo + step].astype(np.float64)
+            y = Y[:, lo:lo + step].astype(np.float64)
+            self._SY[:m, :m] += s @ y.T
+            self._YY[:m, :m] += y @ y.T
+
+    # -- groups --------------------------------------------------------------------
+    def add_param_group(self, param_group):
+        raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
+
+    def _check_group(self, group, index=None, where="param group"):
+        suffix = f" ({where} {index})" if index is not None else ""
+        lr = group["lr"]
+        if isinstance(lr, np.ndarray):
+            if lr.size != 1:
+                raise ValueError("Tensor lr must be 1-element")
+            lr = float(lr)
+        if not is_finite_real(lr) or lr < 0:
+            raise ValueError(f"Invalid learning rate: {group['lr']!r}{suffix}")
+        for key in ("max_iter", "max_eval", "history_size"):
+            v = group[key]
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"'{key}' must be a positive integer, got {v!r}{suffix}")
+        for key in ("tolerance_grad", "tolerance_change"):
+            v = group[key]
+            if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool) \
+                    or not v >= 0:
+                raise ValueError(f"'{key}' must be a non-negative number, got {v!r}{suffix}")
+        if group["line_search_fn"] not in (None, "strong_wolfe"):
+            raise ValueError(f"only 'strong_wolfe' is supported as line_search_fn, got "
+                             f"{group['line_search_fn']!r}{suffix}")
+
+    # -- the compiled passes -------------------------------------------------------
+    def _kernel(self, pair):
+        return pair[1] if self._parallel else pair[0]
+
+    def _flat_grad(self):
+        """The arena's gradient, with torch's zeros for parameters that have none."""
+        arena = self.arena
+        if not arena.has_grad.all():
+            _zero_missing(arena.grad, arena.offsets, arena.has_grad)
+        return arena.grad
+
+    def _stats(self, g):
+        return self._kernel(_ABS_STATS)(g, self._small)
+
+    def _dot(self, a, b):
+        return self._kernel(_DOT)(a, b, self._small)
+
+    def _f(self, x):
+        """A value torch holds as a tensor of the parameters' dtype, as a Python float."""
+        return float(self._T(x))
+
+    # -- stepping ------------------------------------------------------------------
+    def step(self, closure):
+        """Run up to ``max_iter`` iterations; ``closure()`` sets the gradients and returns the loss.
+
+        Returns the loss of the first evaluation, as torch does.
+        """
+        if self._dirty[0] or self.arena.stale is not None:
+            self._sync()
+        group = self.param_groups[0]
+        lr = float(group["lr"])
+        max_iter, max_eval = int(group["max_iter"]), int(group["max_eval"])
+        tolerance_grad = float(group["tolerance_grad"])
+        tolerance_change = float(group["tolerance_change"])
+        line_search_fn = group["line_search_fn"]
+        f = self._f
+        if self._func_evals is None:
+            self._func_evals, self._n_iter = 0, 0
+
+        orig_loss = closure()
+        loss = float(orig_loss)
+        current_evals = 1
+        self._func_evals += 1
+        flat_grad = self._flat_grad()
+        gmax, gsum = self._stats(flat_grad)
+        if f(gmax) <= f(tolerance_grad):
+            return orig_loss
+
+        t = self._t
+        n_iter = 0
+        while n_iter < max_iter:
+            n_iter += 1
+            self._n_iter += 1
+            if self._n_iter == 1:
+                self._order = []
+                self._H_diag = 1
+                self._started = True
+                m = 0
+                coef_g = -1.0
+            else:
+                m = self._update_history(flat_grad, t)
+                if self._al is None:
+                    self._al = [None] * self._H
+                al = self._coef[2]
+                coef_g = _two_loop(m, self._slots, self._SY, self._YY, self._gs, self._gy,
+                                   self._rho, float(self._H_diag), self._single, al,
+                                   self._coef[0], self._coef[1])
+                for i in range(m):
+                    self._al[i] = float(al[i])
+            gtd, dmax = self._kernel(_DIRECTION)(
+                flat_grad, self._prev, self._S, self._Y, self._slots, m, self._coef[0],
+                self._coef[1], coef_g, self._d, self._acc, self._small)
+            self._prev_loss = loss
+
+            if self._n_iter == 1:
+                inv = f(1.0 / f(gsum))
+                t = (inv if inv < 1.0 else 1.0) * lr
+                t = f(t) if inv < 1.0 else t
+            else:
+                t = lr
+            gtd = f(gtd)
+            if gtd > f(-tolerance_change):
+                break
+
+            ls_func_evals = 0
+            if line_search_fn is not None:
+                loss, flat_grad, t, ls_func_evals = self._strong_wolfe(
+                    closure, t, loss, gtd, tolerance_change, max_ls=max_eval - current_evals)
+                _move_kernel = self._kernel(_MOVE)
+                _move_kernel(self.arena.data, self._x_init, self._d, self._T(t))
+                gmax, _ = self._stats(flat_grad)
+                opt_cond = f(gmax) <= f(tolerance_grad)
+            else:
+                self._kernel(_MOVE)(self.arena.data, self.arena.data, self._d, self._T(t))
+                opt_cond = False
+                if n_iter != max_iter:
+                    loss = float(closure())
+                    flat_grad = self._flat_grad()
+                    gmax, _ = self._stats(flat_grad)
+                    opt_cond = f(gmax) <= f(tolerance_grad)
+                    ls_func_evals = 1
+            current_evals += ls_func_evals
+            self._func_evals += ls_func_evals
+
+            if n_iter == max_iter:
+                break
+            if current_evals >= max_eval:
+                break
+            if opt_cond:
+                break
+            if f(f(dmax) * f(t)) <= f(tolerance_change):
+                break
+            if abs(loss - self._prev_loss) < tolerance_change:
+                break
+        self._t = t
+        return orig_loss
+
+    def _update_history(self, g, t):
+        """torch's memory update from the new pair; fills the two-loop's inputs. Returns m."""
+        order = self._order
+        m = len(order)
+        self._slots[:m] = order
+        used = set(order)
+        spare = next(r for r in range(self._H + 1) if r not in used)
+        dots = self._dots
+        self._kernel(_HISTORY_DOTS)(g, self._prev, self._d, self._T(t), self._S, self._Y,
+                                    self._slots, m, spare, self._partial, dots)
+        ys = self._f(dots[m, 0])
+        if ys > self._f(1e-10):
+            for k, r in enumerate(order):
+                self._SY[spare, r] = dots[k, 0]
+                self._SY[r, spare] = dots[k, 1]
+                self._YY[spare, r] = self._YY[r, spare] = dots[k, 2]
+            self._SY[spare, spare] = dots[m, 0]
+            self._YY[spare, spare] = dots[m, 1]
+            self._rho[spare] = self._f(1.0 / ys)
+            self._H_diag = self._f(ys / self._f(dots[m, 1]))
+            gs = [dots[k, 3] for k in range(m)] + [dots[m, 2]]
+            gy = [dots[k, 4] for k in range(m)] + [dots[m, 3]]
+            order.append(spare)
+            if len(order) > self._H:
+                order.pop(0)
+                gs.pop(0)
+                gy.pop(0)
+            m = len(order)
+            self._gs[:m] = gs
+            self._gy[:m] = gy
+        else:
+            self._gs[:m] = dots[:m, 3]
+            self._gy[:m] = dots[:m, 4]
+        self._slots[:m] = order
+        return m
+
+    def _sync(self):
+        arena = self.arena
+        if arena.stale is not None:
+            raise RuntimeError(f"LBFGS can no longer step: {arena.stale}")
+        if len(self.param_groups) != 1:
+            raise RuntimeError(f"Expected exactly one param_group, but got "
+                               f"{len(self.param_groups)}")
+        group = self.param_groups[0]
+        self._check_group(group, index=0)
+        if int(group["history_size"]) != self._H:
+            self._resize_history(int(group["history_size"]))
+        self._dirty[0] = False
+
+    def _resize_history(self, H):
+        """A new ``history_size``: keep the newest pairs that fit (torch keeps all of them)."""
+        keep = self._order[-H:]
+        state = {k: getattr(self, k) for k in ("_func_evals", "_n_iter", "_started", "_t",
+                                               "_H_diag", "_prev_loss", "_al")}
+        S, Y = self._S[keep].copy(), self._Y[keep].copy()
+        rho = self._rho[keep].copy()
+        d, prev = self._d, self._prev
+        self._reset_state(H)
+        self.__dict__.update(state)
+        if self._al is not None:
+            self._al = (self._al + [None] * H)[:H]
+        m = len(keep)
+        self._S[:m], self._Y[:m], self._rho[:m] = S, Y, rho
+        self._d, self._prev = d, prev
+        self._order = list(range(m))
+        self._gram(m)
+
+    # -- line search ---------------------------------------------------------------
+    def _strong_wolfe(self, closure, t, f, gtd, tolerance_change, c1=1e-4, c2=0.9, max_ls=25):
+        """torch's ``_strong_wolfe`` (lswolfe.lua) with the arena as ``x``.
+
+        ``g`` (the gradient at the start) is ``self._prev``, which holds it and is
+        not written during the search; gradients kept across evaluations are
+        copied into a pool of two preallocated buffers (at most one is held
+        when a new copy is made).
+        """
+        arena = self.arena
+        if self._x_init is None:
+            self._x_init = np.empty_like(arena.data)
+            self._pool = [np.empty_like(arena.data) for _ in range(2)]
+        np.copyto(self._x_init, arena.data)
+        d = self._d
+        move = self._kernel(_MOVE)
+        T = self._T
+        fl = self._f
+        def clone(g, keep):
+            # torch's g.clone(): a copy that later evaluations do not overwrite, in a
+            # pool buffer other than the one still held in ``keep``
+            for buf in self._pool:
+                if buf is not keep:
+                    np.copyto(buf, g)
+                    return buf
+
+        def obj_func(step):
+            move(arena.data, self._x_init, d, T(step))
+            loss = float(closure())
+            return loss, self._flat_grad()
+
+        d_norm = fl(self._stats(d)[0])
+        g = self._prev
+        f_new, g_new = obj_func(t)
+        ls_func_evals = 1
+        gtd_new = fl(self._dot(g_new, d))
+
+        t_prev, f_prev, g_prev, gtd_prev = 0, f, g, gtd
+        done = False
+        ls_iter = 0
+        while ls_iter < max_ls:
+            if f_new > (f + c1 * t * gtd) or (ls_iter > 1 and f_new >= f_prev):
+                bracket = [t_prev, t]
+                bracket_f = [f_prev, f_new]
+                bracket_g = [g_prev, clone(g_new, g_prev)]
+                bracket_gtd = [gtd_prev, gtd_new]
+                break
+            if abs(gtd_new) <= -c2 * gtd:
+                bracket = [t]
+                bracket_f = [f_new]
+                bracket_g = [g_new]
+                done = True
+                break
+            if gtd_new >= 0:
+                bracket = [t_prev, t]
+                bracket_f = [f_prev, f_new]
+                bracket_g = [g_prev, clone(g_new, g_prev)]
+                bracket_gtd = [gtd_prev, gtd_new]
+                break
+            min_step = t + 0.01 * (t - t_prev)
+            max_step = t * 10
+            tmp = t
+            t = _cubic_interpolate(t_prev, f_prev, gtd_prev, t, f_new, gtd_new,
+                                   bounds=(min_step, max_step))
+            t_prev = tmp
+            f_prev = f_new
+            g_prev = clone(g_new, None)   # the old g_prev is dropped: its buffer may be reused
+            gtd_prev = gtd_new
+            f_new, g_new = obj_func(t)
+            ls_func_evals += 1
+            gtd_new = fl(self._dot(g_new, d))
+            ls_iter += 1
+
+        if ls_iter == max_ls:
+            bracket = [0, t]
+            bracket_f = [f, f_new]
+            bracket_g = [g, g_new]
+
+        insuf_progress = False
+        low_pos, high_pos = (0, 1) if bracket_f[0] <= bracket_f[-1] else (1, 0)
+        while not done and ls_iter < max_ls:
+            if abs(bracket[1] - bracket[0]) * d_norm < tolerance_change:
+                break
+            t = _cubic_interpolate(bracket[0], bracket_f[0], bracket_gtd[0],
+                                   bracket[1], bracket_f[1], bracket_gtd[1])
+            eps = 0.1 * (max(bracket) - min(bracket))
+            if min(max(bracket) - t, t - min(bracket)) < eps:
+                if insuf_progress or t >= max(bracket) or t <= min(bracket):
+                    if abs(t - max(bracket)) < abs(t - min(bracket)):
+                        t = max(bracket) - eps
+                    else:
+                        t = min(bracket) + eps
+                    insuf_progress = False
+                else:
+                    insuf_progress = True
+            else:
+                insuf_progress = False
+
+            f_new, g_new = obj_func(t)
+            ls_func_evals += 1
+            gtd_new = fl(self._dot(g_new, d))
+            ls_iter += 1
+
+            if f_new > (f + c1 * t * gtd) or f_new >= bracket_f[low_pos]:
+                bracket[high_pos] = t
+                bracket_f[high_pos] = f_new
+                bracket_g[high_pos] = clone(g_new, bracket_g[low_pos])
+                bracket_gtd[high_pos] = gtd_new
+                low_pos, high_pos = (0, 1) if bracket_f[0] <= bracket_f[1] else (1, 0)
+            else:
+                if abs(gtd_new) <= -c2 * gtd:
+                    done = True
+                elif gtd_new * (bracket[high_pos] - bracket[low_pos]) >= 0:
+                    bracket[high_pos] = bracket[low_pos]
+                    bracket_f[high_pos] = bracket_f[low_pos]
+                    bracket_g[high_pos] = bracket_g[low_pos]
+                    bracket_gtd[high_pos] = bracket_gtd[low_pos]
+                bracket[low_pos] = t
+                bracket_f[low_pos] = f_new
+                bracket_g[low_pos] = clone(g_new, bracket_g[high_pos])
+                bracket_gtd[low_pos] = gtd_new
+
+        t = bracket[low_pos]
+        return bracket_f[low_pos], bracket_g[low_pos], t, ls_func_evals
+
+    # -- misc ----------------------------------------------------------------------
+    def zero_grad(self, set_to_none=True):
+        super().zero_grad(set_to_none)
