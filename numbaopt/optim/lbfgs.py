@@ -1,18 +1,20 @@
-"""L-BFGS (torch.optim.LBFGS) on the flat arena, vector-free.
+"""L-BFGS (torch.optim.LBFGS) on the flat arena.
 
 The arena already is the flat vector torch rebuilds with ``_gather_flat_grad``
 at every evaluation, so nothing is gathered or scattered: the closure writes
-gradients into the arena and the compiled passes below read them there.
+gradients into the arena and the passes below read them there.
 
-torch's two-loop recursion makes ``4 * history`` passes over arena-sized
-vectors per iteration (a dot product and an axpy for each stored pair, twice).
-Here it runs in the coefficient space of the basis ``{s_i, y_i, g}`` (Chen et
-al., "Large-scale L-BFGS using MapReduce", NeurIPS 2014): the dot products
-``s_i . y_j`` and ``y_i . y_j`` are kept in a small Gram table, so an
-iteration makes two passes over the history, one that computes the new pair
-and its dot products with every stored pair and one that forms the direction
-as a linear combination. Same algebra, same decisions, about 2.5 times fewer
-bytes moved; rounding differs from torch's at the level of the dot products.
+The two-loop recursion runs in the coefficient space of the basis
+``{s_i, y_i, g}`` (Chen et al., "Large-scale L-BFGS using MapReduce", NeurIPS
+2014): the dot products ``s_i . y_j`` and ``y_i . y_j`` are kept in a small Gram
+table, so an iteration makes two passes over the stored pairs, both BLAS calls
+on one ring matrix: a matrix product for the dot products of the new pair and
+the gradient with every stored pair, and a matrix-vector product that forms
+the direction. The recursion itself is O(history^2) scalar work in compiled
+code. torch also reads the history twice per iteration (a dot product and an
+axpy per pair and loop, on a vector that stays in cache), so the gain is in
+how fast each pass streams, not in bytes. Same algebra and decisions as torch;
+the rounding of the dot products differs.
 """
 
 import math
@@ -25,11 +27,11 @@ from .optimizer import Optimizer, ParamGroup, _split_groups, is_finite_real
 
 __all__ = ["LBFGS"]
 
-#: Elements per block of the compiled passes: a block of the new pair, the gradient
-#: and the direction stays in L1/L2 while every stored pair streams past it once.
+#: Elements per block of the compiled reductions (fixed, so the sums do not depend on
+#: the number of threads).
 BLOCK = 2048
 
-#: The dot products may be reassociated (as BLAS's are) so LLVM vectorizes them.
+#: The sums may be reassociated (as BLAS's are) so LLVM vectorizes them.
 #: No other fastmath flag: NaN and inf still propagate.
 _REDUCE = {"reassoc"}
 
@@ -37,15 +39,8 @@ _REDUCE = {"reassoc"}
 PARALLEL_THRESHOLD = 1 << 16
 
 
-def _nan_max(a, b):
-    """``max`` that keeps NaN (torch's ``abs().max()`` propagates it)."""
-    if a != a or b > a:
-        return b if a == a else a
-    return a
-
-
 def _abs_stats(g, partial):
-    """``(max |g|, sum |g|)`` in float64; ``partial`` is a (blocks, 2) scratch table."""
+    """``(max |g|, sum |g|)`` in float64, NaN kept; ``partial`` is a (blocks, 2) scratch table."""
     n = g.size
     for b in prange(partial.shape[0]):
         lo = b * BLOCK
@@ -69,109 +64,13 @@ def _abs_stats(g, partial):
     return mx, sm
 
 
-def _history_dots(g, prev, d, t, S, Y, slots, m, spare, partial, out):
-    """Write the new pair ``y = g - prev``, ``s = t * d`` into row ``spare`` of ``S`` and ``Y``,
-    and its dot products with the ``m`` stored pairs (rows ``slots[:m]``).
-
-    ``out[k] = (s.y_k, y.s_k, y.y_k, g.s_k, g.y_k)`` for ``k < m`` and
-    ``out[m] = (y.s, y.y, g.s, g.y)`` for the new pair, in float64.
-    """
-    n = g.size
-    for b in prange(partial.shape[0]):
-        lo = b * BLOCK
-        hi = min(lo + BLOCK, n)
-        ys = 0.0
-        yy = 0.0
-        gs = 0.0
-        gy = 0.0
-        for e in range(lo, hi):
-            y = g[e] - prev[e]
-            s = d[e] * t
-            Y[spare, e] = y
-            S[spare, e] = s
-            y64 = np.float64(y)
-            s64 = np.float64(s)
-            g64 = np.float64(g[e])
-            ys += y64 * s64
-            yy += y64 * y64
-            gs += g64 * s64
-            gy += g64 * y64
-        partial[b, m, 0] = ys
-        partial[b, m, 1] = yy
-        partial[b, m, 2] = gs
-        partial[b, m, 3] = gy
-        for k in range(m):
-            row = slots[k]
-            a0 = 0.0
-            a1 = 0.0
-            a2 = 0.0
-            a3 = 0.0
-            a4 = 0.0
-            for e in range(lo, hi):
-                sk = np.float64(S[row, e])
-                yk = np.float64(Y[row, e])
-                sn = np.float64(S[spare, e])
-                yn = np.float64(Y[spare, e])
-                ge = np.float64(g[e])
-                a0 += sn * yk
-                a1 += yn * sk
-                a2 += yn * yk
-                a3 += ge * sk
-                a4 += ge * yk
-            partial[b, k, 0] = a0
-            partial[b, k, 1] = a1
-            partial[b, k, 2] = a2
-            partial[b, k, 3] = a3
-            partial[b, k, 4] = a4
-    for k in range(m + 1):
-        for c in range(5):
-            acc = 0.0
-            for b in range(partial.shape[0]):
-                acc += partial[b, k, c]
-            out[k, c] = acc
-
-
-def _direction(g, prev, S, Y, slots, m, coef_s, coef_y, coef_g, d, acc, partial):
-    """``d = coef_g * g + sum_k coef_s[k] * S[slots[k]] + coef_y[k] * Y[slots[k]]``, then
-    ``prev = g``; returns ``(g . d, max |d|)`` in float64.
-
-    The combination is formed in float64 per block (``acc``: one row per block,
-    cache-resident while the block is formed) and rounded once into ``d``.
-    """
-    n = g.size
-    for b in prange(partial.shape[0]):
-        w = acc[b]
-        lo = b * BLOCK
-        hi = min(lo + BLOCK, n)
-        L = hi - lo
-        for e in range(L):
-            w[e] = coef_g * np.float64(g[lo + e])
-        for k in range(m):
-            row = slots[k]
-            cs = coef_s[k]
-            cy = coef_y[k]
-            for e in range(L):
-                w[e] += cs * np.float64(S[row, lo + e]) + cy * np.float64(Y[row, lo + e])
-        gtd = 0.0
-        mx = 0.0
-        for e in range(L):
-            d[lo + e] = w[e]
-            v = np.float64(d[lo + e])
-            gtd += np.float64(g[lo + e]) * v
-            a = abs(v)
-            if a > mx or a != a:
-                mx = a if mx == mx else mx
-            prev[lo + e] = g[lo + e]
-        partial[b, 0] = gtd
-        partial[b, 1] = mx
-    gtd = 0.0
-    mx = 0.0
-    for b in range(partial.shape[0]):
-        gtd += partial[b, 0]
-        a = partial[b, 1]
-        if a > mx or a != a:
-            mx = a if mx == mx else mx
-    return gtd, mx
+def _new_pair(g, prev, d, t, W):
+    """``W = [t * d, g - prev, g]``: torch's ``s`` and ``y``, and the gradient, side by side
+    for one matrix product with the history."""
+    for e in prange(g.size):
+        W[0, e] = d[e] * t
+        W[1, e] = g[e] - prev[e]
+        W[2, e] = g[e]
 
 
 def _move(x, base, d, t):
@@ -180,32 +79,14 @@ def _move(x, base, d, t):
         x[e] = base[e] + t * d[e]
 
 
-def _dot(a, b, partial):
-    """``a . b`` in float64, blocked as the other passes."""
-    n = a.size
-    for blk in prange(partial.shape[0]):
-        lo = blk * BLOCK
-        hi = min(lo + BLOCK, n)
-        s = 0.0
-        for e in range(lo, hi):
-            s += np.float64(a[e]) * np.float64(b[e])
-        partial[blk, 0] = s
-    s = 0.0
-    for blk in range(partial.shape[0]):
-        s += partial[blk, 0]
-    return s
-
-
 def _compile(function, reduce=True):
     flags = dict(cache=True, error_model="numpy", fastmath=_REDUCE if reduce else False)
     return njit(**flags)(function), njit(parallel=True, **flags)(function)
 
 
 _ABS_STATS = _compile(_abs_stats)
-_HISTORY_DOTS = _compile(_history_dots)
-_DIRECTION = _compile(_direction)
+_NEW_PAIR = _compile(_new_pair, reduce=False)
 _MOVE = _compile(_move, reduce=False)
-_DOT = _compile(_dot)
 
 
 @njit(cache=True, error_model="numpy")
@@ -357,15 +238,17 @@ class LBFGS(Optimizer):
         self._order = []             # ring rows of the stored pairs, oldest first
         self._rho = np.zeros(self._H + 1)
         self._d = np.zeros(n, dtype)
-        self._prev = np.zeros(n, dtype)
-        self._S = np.zeros((self._H + 1, n), dtype)
-        self._Y = np.zeros((self._H + 1, n), dtype)
+        # The history ring, one matrix: row 0 is prev_flat_grad, rows 1 + 2k and 2 + 2k the
+        # pair (s, y) in slot k. The slots in use (and the spare) are always the first
+        # ones, so one matrix product over R[:1 + 2r] reads exactly the live history.
+        self._R = np.zeros((3 + 2 * self._H, n), dtype)
+        self._W = np.zeros((3, n), dtype)            # the new pair and the gradient
+        self._RW = np.zeros((2 * self._H + 2, 3), dtype)
+        self._WW = np.zeros((3, 3), dtype)
+        self._c = np.zeros(3 + 2 * self._H, dtype)   # the direction's coefficients over R
         self._SY = np.zeros((self._H + 1, self._H + 1))
         self._YY = np.zeros((self._H + 1, self._H + 1))
-        self._dots = np.zeros((self._H + 2, 5))
-        self._partial = np.zeros((nblocks, self._H + 2, 5))
         self._small = np.zeros((nblocks, 2))
-        self._acc = np.zeros((nblocks, BLOCK))
         self._coef = np.zeros((3, self._H + 1))
         self._gs = np.zeros(self._H + 1)
         self._gy = np.zeros(self._H + 1)
@@ -373,6 +256,18 @@ class LBFGS(Optimizer):
         self._x_init = None          # the line search's buffers, allocated on first use
         self._pool = None
         self._parallel = n >= PARALLEL_THRESHOLD
+
+    @property
+    def _prev(self):
+        return self._R[0]
+
+    @property
+    def _S(self):
+        return self._R[1::2]
+
+    @property
+    def _Y(self):
+        return self._R[2::2]
 
     @property
     def state(self):
@@ -519,16 +414,12 @@ class LBFGS(Optimizer):
                 "d": vector("d", entry["d"]), "prev": vector("prev_flat_grad", entry["prev_flat_grad"])}
 
     def _gram(self, m):
-        """Rebuild ``SY`` and ``YY`` of the first ``m`` rows (after a load), in float64 blocks."""
+        """Rebuild ``SY`` and ``YY`` of slots ``0:m`` (after a load) by BLAS."""
         S, Y = self._S[:m], self._Y[:m]
         self._SY[:] = 0
         self._YY[:] = 0
-        step = 1 << 16
-        for lo in range(0, self.arena.size, step):
-            s = S[:, lo:lo + step].astype(np.float64)
-            y = Y[:, lo:lo + step].astype(np.float64)
-            self._SY[:m, :m] += s @ y.T
-            self._YY[:m, :m] += y @ y.T
+        self._SY[:m, :m] = S @ Y.T
+        self._YY[:m, :m] = Y @ Y.T
 
     # -- groups --------------------------------------------------------------------
     def add_param_group(self, param_group):
@@ -571,7 +462,8 @@ class LBFGS(Optimizer):
         return self._kernel(_ABS_STATS)(g, self._small)
 
     def _dot(self, a, b):
-        return self._kernel(_DOT)(a, b, self._small)
+        # BLAS, as torch's dot; a float32 sum for float32 parameters
+        return float(np.dot(a, b))
 
     def _f(self, x):
         """A value torch holds as a tensor of the parameters' dtype, as a Python float."""
@@ -625,9 +517,7 @@ class LBFGS(Optimizer):
                                    self._coef[0], self._coef[1])
                 for i in range(m):
                     self._al[i] = float(al[i])
-            gtd, dmax = self._kernel(_DIRECTION)(
-                flat_grad, self._prev, self._S, self._Y, self._slots, m, self._coef[0],
-                self._coef[1], coef_g, self._d, self._acc, self._small)
+            gtd, dmax = self._direction(flat_grad, m, coef_g)
             self._prev_loss = loss
 
             if self._n_iter == 1:
@@ -673,6 +563,21 @@ class LBFGS(Optimizer):
         self._t = t
         return orig_loss
 
+    def _direction(self, g, m, coef_g):
+        """``d`` from the coefficients of the two-loop recursion: one matrix-vector product
+        over the live history (after ``prev_flat_grad = g``). Returns ``(g . d, max |d|)``."""
+        R, c = self._R, self._c
+        np.copyto(R[0], g)
+        rows = 1 + 2 * (max(self._order) + 1 if self._order else 0)
+        c[:rows] = 0
+        c[0] = coef_g
+        for k in range(m):
+            slot = self._slots[k]
+            c[1 + 2 * slot] = self._coef[0, k]
+            c[2 + 2 * slot] = self._coef[1, k]
+        np.matmul(c[:rows], R[:rows], out=self._d)
+        return self._dot(g, self._d), self._stats(self._d)[0]
+
     def _update_history(self, g, t):
         """torch's memory update from the new pair; fills the two-loop's inputs. Returns m."""
         order = self._order
@@ -680,21 +585,30 @@ class LBFGS(Optimizer):
         self._slots[:m] = order
         used = set(order)
         spare = next(r for r in range(self._H + 1) if r not in used)
-        dots = self._dots
-        self._kernel(_HISTORY_DOTS)(g, self._prev, self._d, self._T(t), self._S, self._Y,
-                                    self._slots, m, spare, self._partial, dots)
-        ys = self._f(dots[m, 0])
+        W = self._W
+        self._kernel(_NEW_PAIR)(g, self._prev, self._d, self._T(t), W)
+        # every dot product of the new pair and g with the stored pairs: one pass (BLAS)
+        rows = 2 * (max(order) + 1 if order else 0)
+        RW = self._RW[:rows]
+        if rows:
+            np.matmul(self._R[1:1 + rows], W.T, out=RW)
+        np.matmul(W, W.T, out=self._WW)
+        WW = self._WW.astype(np.float64)
+        # RW[2 * slot] = s_slot . (s, y, g), RW[2 * slot + 1] = y_slot . (s, y, g)
+        ys = self._f(WW[0, 1])
         if ys > self._f(1e-10):
-            for k, r in enumerate(order):
-                self._SY[spare, r] = dots[k, 0]
-                self._SY[r, spare] = dots[k, 1]
-                self._YY[spare, r] = self._YY[r, spare] = dots[k, 2]
-            self._SY[spare, spare] = dots[m, 0]
-            self._YY[spare, spare] = dots[m, 1]
+            for r in order:
+                self._SY[spare, r] = RW[2 * r + 1, 0]
+                self._SY[r, spare] = RW[2 * r, 1]
+                self._YY[spare, r] = self._YY[r, spare] = RW[2 * r + 1, 1]
+            self._SY[spare, spare] = WW[0, 1]
+            self._YY[spare, spare] = WW[1, 1]
             self._rho[spare] = self._f(1.0 / ys)
-            self._H_diag = self._f(ys / self._f(dots[m, 1]))
-            gs = [dots[k, 3] for k in range(m)] + [dots[m, 2]]
-            gy = [dots[k, 4] for k in range(m)] + [dots[m, 3]]
+            self._H_diag = self._f(ys / self._f(WW[1, 1]))
+            np.copyto(self._S[spare], W[0])
+            np.copyto(self._Y[spare], W[1])
+            gs = [float(RW[2 * r, 2]) for r in order] + [WW[2, 0]]
+            gy = [float(RW[2 * r + 1, 2]) for r in order] + [WW[2, 1]]
             order.append(spare)
             if len(order) > self._H:
                 order.pop(0)
@@ -704,8 +618,8 @@ class LBFGS(Optimizer):
             self._gs[:m] = gs
             self._gy[:m] = gy
         else:
-            self._gs[:m] = dots[:m, 3]
-            self._gy[:m] = dots[:m, 4]
+            self._gs[:m] = [RW[2 * r, 2] for r in order]
+            self._gy[:m] = [RW[2 * r + 1, 2] for r in order]
         self._slots[:m] = order
         return m
 
@@ -729,14 +643,15 @@ class LBFGS(Optimizer):
                                                "_H_diag", "_prev_loss", "_al")}
         S, Y = self._S[keep].copy(), self._Y[keep].copy()
         rho = self._rho[keep].copy()
-        d, prev = self._d, self._prev
+        d, prev = self._d, self._prev.copy()
         self._reset_state(H)
         self.__dict__.update(state)
         if self._al is not None:
             self._al = (self._al + [None] * H)[:H]
         m = len(keep)
         self._S[:m], self._Y[:m], self._rho[:m] = S, Y, rho
-        self._d, self._prev = d, prev
+        self._d = d
+        self._prev[:] = prev
         self._order = list(range(m))
         self._gram(m)
 
