@@ -4,9 +4,9 @@ All parameters of an optimizer live in one flat arena; a step is one compiled
 kernel call over all of it.
 """
 
-from . import nn, optim, utils
+from . import nn, optim, sparse, utils
 from .checkpoint import load, save
 from .parameter import Parameter
 
-__all__ = ["Parameter", "nn", "optim", "utils", "save", "load"]
+__all__ = ["Parameter", "nn", "optim", "sparse", "utils", "save", "load"]
 __version__ = "0.1.0"

@@ -117,6 +117,7 @@ class DistributedOptimizer(Optimizer):
         if optimizer.arena.stale is not None:
             raise RuntimeError(f"cannot wrap this {type(optimizer).__name__}: it can no longer "
                                f"step ({optimizer.arena.stale})")
+        _check_supported(optimizer, shard)
         self.optimizer = optimizer
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
@@ -530,6 +531,27 @@ def broadcast_parameters(optimizer, root=0, comm=None, *, cuda_aware=None):
 
 
 # -- collectives on an arena ------------------------------------------------------------
+def _check_supported(optimizer, shard):
+    """Refuse what averaging the dense gradients once per step would get wrong."""
+    from .optim.elementwise import ElementwiseOptimizer
+    from .optim.lbfgs import LBFGS
+
+    name = type(optimizer).__name__
+    if isinstance(optimizer, LBFGS):
+        raise NotImplementedError(
+            "DistributedOptimizer does not wrap LBFGS: its step evaluates the closure several "
+            "times, and each evaluation's gradient must be averaged (Allreduce opt.arena.grad "
+            "inside the closure, then step LBFGS itself)")
+    if getattr(optimizer.arena, "sparse_grads", None) is not None:
+        raise NotImplementedError(
+            f"DistributedOptimizer does not wrap {name}: its row-sparse gradients are not "
+            "averaged across ranks")
+    if shard and not isinstance(optimizer, ElementwiseOptimizer):
+        raise NotImplementedError(
+            f"shard=True needs an elementwise optimizer: each rank steps a slice of the arena, "
+            f"and {name}'s update reads whole parameters; use shard=False")
+
+
 def _average_gradients(comm, arena, device_mode):
     """Replace ``arena.grad`` by the mean over ranks (zeros where a rank had no gradient)
     and ``arena.has_grad`` by the OR over ranks.

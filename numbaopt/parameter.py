@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from .sparse import RowSparseGrad
+
 __all__ = ["Parameter"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -19,6 +21,9 @@ class Parameter:
     Assigning ``p.grad = g`` copies ``g`` in (the shape must match exactly;
     values are cast to the parameter's dtype); ``p.grad = None`` means "no
     gradient", and optimizers then skip the parameter, as torch does.
+    A parameter of ``numbaopt.optim.SparseAdam`` takes a row-sparse gradient
+    instead, ``p.grad = numbaopt.sparse.RowSparseGrad(rows, values)`` (the
+    form of an embedding's gradient); other optimizers refuse one.
 
     Once an optimizer is built over the parameter, ``p.data`` and ``p.grad``
     are views into the optimizer's flat arena. The array originally passed in
@@ -91,16 +96,28 @@ class Parameter:
         arena = self._arena
         if arena is None:
             return self._grad
-        return arena._grad_views[self._index] if arena.has_grad[self._index] else None
+        if arena.has_grad[self._index]:
+            return arena._grad_views[self._index]
+        sparse = getattr(arena, "sparse_grads", None)
+        return None if sparse is None else sparse.get(self._index)
 
     @grad.setter
     def grad(self, value):
         arena = self._arena
+        sparse = None if arena is None else getattr(arena, "sparse_grads", None)
         if value is None:
             if arena is None:
                 self._grad = None
             else:
                 arena.has_grad[self._index] = False
+                if sparse is not None:
+                    sparse.clear(self._index)
+            return
+        if isinstance(value, RowSparseGrad):
+            if sparse is None:
+                raise RuntimeError(_no_sparse_message(arena))
+            sparse.assign(self._index, value)
+            arena.has_grad[self._index] = False
             return
         value = _as_array(value)
         _check_assignable(value, self.shape, "gradient")
@@ -110,6 +127,8 @@ class Parameter:
             self._grad = value.astype(self._data.dtype, copy=True)
         else:
             arena.set_grad(self._index, value)
+            if sparse is not None:
+                sparse.clear(self._index)
 
     def __getstate__(self):
         # Inside an arena, the value and grad are views the arena restores on unpickling.
@@ -127,6 +146,16 @@ class Parameter:
 
     def __repr__(self):
         return f"Parameter({np.array2string(self._data, prefix='Parameter(')})"
+
+
+def _no_sparse_message(arena):
+    if arena is None:
+        return ("a sparse gradient (RowSparseGrad) can be assigned once the parameter is held "
+                "by SparseAdam: build the optimizer first, then assign p.grad")
+    # torch's words for Adam; numbaopt refuses sparse gradients in every optimizer but SparseAdam
+    owner = getattr(arena, "owner", None) or "this parameter's optimizer"
+    return (f"{owner} does not support sparse gradients, please consider SparseAdam instead "
+            "(numbaopt's SparseAdam is the one optimizer that takes a RowSparseGrad)")
 
 
 def _is_device_array(value):

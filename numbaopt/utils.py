@@ -80,6 +80,11 @@ def _collect(parameters):
 
 
 def _check_host(arena):
+    stage = getattr(arena, "sparse_grads", None)
+    if stage is not None and stage.live:
+        raise NotImplementedError(
+            "gradient clipping of sparse gradients (RowSparseGrad) is not supported; "
+            "clip the rows' values before assigning them")
     if not isinstance(arena.grad, np.ndarray):
         raise NotImplementedError(
             "gradient clipping works on optimizers with device='cpu' (host arenas) only; "

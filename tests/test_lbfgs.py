@@ -477,3 +477,11 @@ def test_history_size_can_change_between_steps():
     opt.param_groups[0]["history_size"] = 6
     opt.step(closure)
     assert np.isfinite(np.concatenate([p.data for p in params])).all()
+
+
+def test_distributed_optimizer_refuses_lbfgs_with_the_reason():
+    pytest.importorskip("mpi4py")
+    from numbaopt.distributed import DistributedOptimizer
+    params, _ = _quadratic()
+    with pytest.raises(NotImplementedError, match="evaluates the closure several times"):
+        DistributedOptimizer(LBFGS(params))

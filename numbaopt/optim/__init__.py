@@ -14,7 +14,9 @@ from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
 from .sgd import SGD
+from .sparse_adam import SparseAdam
 from . import lr_scheduler  # noqa: E402  (needs Optimizer)
 
 __all__ = ["Optimizer", "ArenaOptimizer", "ElementwiseOptimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
-           "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "lr_scheduler"]
+           "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS",
+           "SparseAdam", "lr_scheduler"]

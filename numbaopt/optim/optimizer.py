@@ -105,6 +105,7 @@ class Optimizer:
         for i, g in enumerate(groups):
             self._check_group(g, index=i)
         self.arena = make_arena([g["params"] for g in groups], dtype, device)
+        self.arena.owner = type(self).__name__     # named in errors about its parameters
         self.param_groups = [ParamGroup(g, self._dirty) for g in groups]
         self._python_state = {}
         self._after_init()
@@ -150,6 +151,7 @@ class Optimizer:
         first = len(old)
         self.arena = make_arena([g["params"] for g in self.param_groups] + [group["params"]],
                                 self.arena.dtype, self.device, previous=self.arena)
+        self.arena.owner = type(self).__name__
         self.param_groups.append(ParamGroup(group, self._dirty))
         self._after_add_group(first)
 
