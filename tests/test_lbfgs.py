@@ -485,3 +485,10 @@ def test_distributed_optimizer_refuses_lbfgs_with_the_reason():
     params, _ = _quadratic()
     with pytest.raises(NotImplementedError, match="evaluates the closure several times"):
         DistributedOptimizer(LBFGS(params))
+
+
+def test_device_cuda_is_refused_clearly():
+    p = numbaopt.Parameter(np.zeros(2))
+    with pytest.raises(NotImplementedError, match="LBFGS\\(device='cuda'\\) is not implemented"):
+        LBFGS([p], device="cuda")
+    assert p._arena is None

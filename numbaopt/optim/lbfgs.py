@@ -203,7 +203,12 @@ class LBFGS(Optimizer):
     _validates_state_shapes = True   # load_state_dict checks every vector (numbaopt.load)
 
     def __init__(self, params, lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-7,
-                 tolerance_change=1e-9, history_size=100, line_search_fn=None):
+                 tolerance_change=1e-9, history_size=100, line_search_fn=None, *,
+                 device="cpu"):
+        if device == "cuda":
+            raise NotImplementedError(
+                "LBFGS(device='cuda') is not implemented yet: numbaopt's LBFGS runs its "
+                "passes through host BLAS; keep the parameters on the CPU")
         if isinstance(lr, np.ndarray) and lr.size != 1:
             raise ValueError("Tensor lr must be 1-element")
         if max_eval is None:
