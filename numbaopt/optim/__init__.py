@@ -8,6 +8,7 @@ from .arena_optimizer import ArenaOptimizer
 from .asgd import ASGD
 from .elementwise import ElementwiseOptimizer
 from .lbfgs import LBFGS
+from .muon import Muon
 from .nadam import NAdam
 from .optimizer import Optimizer
 from .radam import RAdam
@@ -19,4 +20,4 @@ from . import lr_scheduler  # noqa: E402  (needs Optimizer)
 
 __all__ = ["Optimizer", "ArenaOptimizer", "ElementwiseOptimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
            "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS",
-           "SparseAdam", "lr_scheduler"]
+           "Muon", "SparseAdam", "lr_scheduler"]
