@@ -1,6 +1,7 @@
 """Optimizers with torch.optim's API over one flat arena per optimizer."""
 
 from .adadelta import Adadelta
+from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
@@ -20,4 +21,4 @@ from . import lr_scheduler  # noqa: E402  (needs Optimizer)
 
 __all__ = ["Optimizer", "ArenaOptimizer", "ElementwiseOptimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
            "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS",
-           "Muon", "SparseAdam", "lr_scheduler"]
+           "Muon", "SparseAdam", "Adafactor", "lr_scheduler"]
