@@ -7,17 +7,20 @@ gradients into the arena and the passes below read them there.
 The two-loop recursion runs in the coefficient space of the basis
 ``{s_i, y_i, g}`` (Chen et al., "Large-scale L-BFGS using MapReduce", NeurIPS
 2014): the dot products ``s_i . y_j`` and ``y_i . y_j`` are kept in a small Gram
-table, so an iteration makes two passes over the stored pairs, both BLAS calls
-on one ring matrix: a matrix product for the dot products of the new pair and
-the gradient with every stored pair, and a matrix-vector product that forms
-the direction. The recursion itself is O(history^2) scalar work in compiled
-code. torch also reads the history twice per iteration (a dot product and an
-axpy per pair and loop, on a vector that stays in cache), so the gain is in
-how fast each pass streams, not in bytes. Same algebra and decisions as torch;
-the rounding of the dot products differs.
+table, so an iteration makes two compiled passes over the stored pairs, which
+live in one ring matrix: one computes the dot products of the new pair and the
+gradient with every stored pair, the other forms the direction as a linear
+combination. The recursion itself is O(history^2) scalar work. torch also reads
+the history twice per iteration (a dot product and an axpy per pair and loop,
+on a vector that stays in cache), so what is gained is how fast each pass
+streams, not bytes. Both passes take four stored rows per sweep of the block
+they work on, and neither calls BLAS: OpenBLAS's threads spin after a call and
+would take the cores numba's threads need. Same algebra and decisions as torch;
+the dot products are float64 sums, so their rounding differs.
 """
 
 import math
+import types
 from collections.abc import Mapping
 
 import numpy as np
@@ -34,6 +37,8 @@ BLOCK = 2048
 #: The sums may be reassociated (as BLAS's are) so LLVM vectorizes them.
 #: No other fastmath flag: NaN and inf still propagate.
 _REDUCE = {"reassoc"}
+#: The history's dot products also fuse multiply and add (more exact, as BLAS's FMA).
+_REDUCE_CONTRACT = {"reassoc", "contract"}
 
 #: Arenas with at least this many elements use the threaded passes.
 PARALLEL_THRESHOLD = 1 << 16
@@ -64,13 +69,173 @@ def _abs_stats(g, partial):
     return mx, sm
 
 
-def _new_pair(g, prev, d, t, W):
-    """``W = [t * d, g - prev, g]``: torch's ``s`` and ``y``, and the gradient, side by side
-    for one matrix product with the history."""
-    for e in prange(g.size):
-        W[0, e] = d[e] * t
-        W[1, e] = g[e] - prev[e]
-        W[2, e] = g[e]
+def _new_pair(g, prev, d, t, W, partial):
+    """``W = [t * d, g - prev, g]`` (torch's ``s`` and ``y``, and the gradient, side by side
+    for the pass over the history); returns ``(y.s, y.y, g.s, g.y)`` in float64."""
+    n = g.size
+    for b in prange(partial.shape[0]):
+        lo = b * BLOCK
+        hi = min(lo + BLOCK, n)
+        ys = 0.0
+        yy = 0.0
+        gs = 0.0
+        gy = 0.0
+        for e in range(lo, hi):
+            s = d[e] * t
+            y = g[e] - prev[e]
+            W[0, e] = s
+            W[1, e] = y
+            W[2, e] = g[e]
+            s64 = np.float64(s)
+            y64 = np.float64(y)
+            g64 = np.float64(g[e])
+            ys += y64 * s64
+            yy += y64 * y64
+            gs += g64 * s64
+            gy += g64 * y64
+        partial[b, 0] = ys
+        partial[b, 1] = yy
+        partial[b, 2] = gs
+        partial[b, 3] = gy
+    ys = 0.0
+    yy = 0.0
+    gs = 0.0
+    gy = 0.0
+    for b in range(partial.shape[0]):
+        ys += partial[b, 0]
+        yy += partial[b, 1]
+        gs += partial[b, 2]
+        gy += partial[b, 3]
+    return ys, yy, gs, gy
+
+
+def _dots4(r, q, p, o, w0, w1, w2):
+    """The 12 dot products of four stored rows with the three rows of ``W`` (float64 sums).
+
+    Four rows at a time, so each element of ``W`` is loaded once per four history
+    elements: the pass then streams the history at memory speed (BLAS's GEMM with
+    three columns reaches about half of it).
+    """
+    a0 = a1 = a2 = b0 = b1 = b2 = c0 = c1 = c2 = d0 = d1 = d2 = 0.0
+    for e in range(r.size):
+        u0 = np.float64(w0[e])
+        u1 = np.float64(w1[e])
+        u2 = np.float64(w2[e])
+        x = np.float64(r[e])
+        a0 += x * u0
+        a1 += x * u1
+        a2 += x * u2
+        x = np.float64(q[e])
+        b0 += x * u0
+        b1 += x * u1
+        b2 += x * u2
+        x = np.float64(p[e])
+        c0 += x * u0
+        c1 += x * u1
+        c2 += x * u2
+        x = np.float64(o[e])
+        d0 += x * u0
+        d1 += x * u1
+        d2 += x * u2
+    return a0, a1, a2, b0, b1, b2, c0, c1, c2, d0, d1, d2
+
+
+_dots4 = njit(cache=True, error_model="numpy", fastmath=_REDUCE_CONTRACT)(_dots4)
+
+
+def _history_dots(R, W, rows, partial, out):
+    """``out[k] = R[1 + k] . (W[0], W[1], W[2])`` for ``k < rows``, in float64, blocked.
+
+    ``rows`` is even (pairs s, y); a last pair beyond a multiple of four reads the
+    ring's next pair too (rows are allocated for it), and its sums are ignored.
+    """
+    n = R.shape[1]
+    for b in prange(partial.shape[0]):
+        lo = b * BLOCK
+        hi = min(lo + BLOCK, n)
+        w0 = W[0, lo:hi]
+        w1 = W[1, lo:hi]
+        w2 = W[2, lo:hi]
+        for k in range(0, rows, 4):
+            r = 1 + k
+            v = _dots4(R[r, lo:hi], R[r + 1, lo:hi], R[r + 2, lo:hi], R[r + 3, lo:hi],
+                       w0, w1, w2)
+            for j in range(4):
+                for c in range(3):
+                    partial[b, k + j, c] = v[3 * j + c]
+    for k in range(rows):
+        for c in range(3):
+            acc = 0.0
+            for b in range(partial.shape[0]):
+                acc += partial[b, k, c]
+            out[k, c] = acc
+
+
+def _combine4(w, r, q, p, o, c0, c1, c2, c3):
+    """``w += c0 r + c1 q + c2 p + c3 o`` in float64: four stored rows per sweep of ``w``."""
+    for e in range(w.size):
+        w[e] += (c0 * np.float64(r[e]) + c1 * np.float64(q[e])) \
+            + (c2 * np.float64(p[e]) + c3 * np.float64(o[e]))
+
+
+_combine4 = njit(cache=True, error_model="numpy")(_combine4)
+
+
+def _direction(g, R, c, rows, d, acc, partial):
+    """``prev = g`` (row 0 of ``R``), then ``d = sum_k c[k] R[k]`` over rows ``0:rows``.
+
+    Formed in float64 per block (``acc``, one row per block, cache-resident while the
+    block is formed) and rounded once into ``d``. Returns ``(g . d, max |d|)``.
+    ``rows`` is 1 + an even number; a tail beyond a multiple of four reads the ring's
+    next pair with coefficient zero.
+    """
+    n = g.size
+    for b in prange(partial.shape[0]):
+        lo = b * BLOCK
+        hi = min(lo + BLOCK, n)
+        w = acc[b, :hi - lo]
+        c0 = c[0]
+        for e in range(hi - lo):
+            R[0, lo + e] = g[lo + e]
+            w[e] = c0 * np.float64(g[lo + e])
+        for k in range(1, rows, 4):
+            _combine4(w, R[k, lo:hi], R[k + 1, lo:hi], R[k + 2, lo:hi], R[k + 3, lo:hi],
+                      c[k], c[k + 1], c[k + 2], c[k + 3])
+        gtd = 0.0
+        mx = 0.0
+        for e in range(hi - lo):
+            d[lo + e] = w[e]
+            v = np.float64(d[lo + e])
+            gtd += np.float64(g[lo + e]) * v
+            a = abs(v)
+            if a > mx or a != a:
+                mx = a if mx == mx else mx
+        partial[b, 0] = gtd
+        partial[b, 1] = mx
+    gtd = 0.0
+    mx = 0.0
+    for b in range(partial.shape[0]):
+        gtd += partial[b, 0]
+        a = partial[b, 1]
+        if a > mx or a != a:
+            mx = a if mx == mx else mx
+    return gtd, mx
+
+
+def _dot(a, b, partial):
+    """``a . b`` in float64, blocked as the other passes."""
+    n = a.size
+    for blk in prange(partial.shape[0]):
+        lo = blk * BLOCK
+        hi = min(lo + BLOCK, n)
+        s = 0.0
+        for e in range(lo, hi):
+            s += np.float64(a[e]) * np.float64(b[e])
+        partial[blk, 0] = s
+    s = 0.0
+    for blk in range(partial.shape[0]):
+        s += partial[blk, 0]
+    return s
 
 
 def _move(x, base, d, t):
@@ -80,13 +245,28 @@ def _move(x, base, d, t):
 
 
 def _compile(function, reduce=True):
+    """A serial and a parallel dispatcher of ``function``, cached under two names.
+
+    numba's cache index does not key on ``parallel``: two dispatchers of one function
+    would share one cache entry, and the second would load the first one's code.
+    """
     flags = dict(cache=True, error_model="numpy", fastmath=_REDUCE if reduce else False)
-    return njit(**flags)(function), njit(parallel=True, **flags)(function)
+    out = []
+    for suffix, parallel in (("serial", False), ("parallel", True)):
+        copy = types.FunctionType(function.__code__, function.__globals__,
+                                  f"{function.__name__}_{suffix}", function.__defaults__,
+                                  function.__closure__)
+        copy.__qualname__ = copy.__name__
+        out.append(njit(parallel=parallel, **flags)(copy))
+    return tuple(out)
 
 
 _ABS_STATS = _compile(_abs_stats)
-_NEW_PAIR = _compile(_new_pair, reduce=False)
+_NEW_PAIR = _compile(_new_pair)
 _MOVE = _compile(_move, reduce=False)
+_HISTORY_DOTS = _compile(_history_dots)
+_DIRECTION = _compile(_direction)
+_DOT = _compile(_dot)
 
 
 @njit(cache=True, error_model="numpy")
@@ -246,11 +426,13 @@ class LBFGS(Optimizer):
         # The history ring, one matrix: row 0 is prev_flat_grad, rows 1 + 2k and 2 + 2k the
         # pair (s, y) in slot k. The slots in use (and the spare) are always the first
         # ones, so one matrix product over R[:1 + 2r] reads exactly the live history.
-        self._R = np.zeros((3 + 2 * self._H, n), dtype)
+        self._R = np.zeros((5 + 2 * self._H, n), dtype)   # + one pair: the 4-row pass's tail
         self._W = np.zeros((3, n), dtype)            # the new pair and the gradient
-        self._RW = np.zeros((2 * self._H + 2, 3), dtype)
-        self._WW = np.zeros((3, 3), dtype)
-        self._c = np.zeros(3 + 2 * self._H, dtype)   # the direction's coefficients over R
+        self._RW = np.zeros((2 * self._H + 4, 3))
+        self._partial = np.zeros((nblocks, 2 * self._H + 4, 3))
+        self._small4 = np.zeros((nblocks, 4))
+        self._c = np.zeros(5 + 2 * self._H)
+        self._acc = np.zeros((nblocks, BLOCK))   # the direction's coefficients over R
         self._SY = np.zeros((self._H + 1, self._H + 1))
         self._YY = np.zeros((self._H + 1, self._H + 1))
         self._small = np.zeros((nblocks, 2))
@@ -467,8 +649,7 @@ class LBFGS(Optimizer):
         return self._kernel(_ABS_STATS)(g, self._small)
 
     def _dot(self, a, b):
-        # BLAS, as torch's dot; a float32 sum for float32 parameters
-        return float(np.dot(a, b))
+        return self._kernel(_DOT)(a, b, self._small)
 
     def _f(self, x):
         """A value torch holds as a tensor of the parameters' dtype, as a Python float."""
@@ -569,19 +750,17 @@ class LBFGS(Optimizer):
         return orig_loss
 
     def _direction(self, g, m, coef_g):
-        """``d`` from the coefficients of the two-loop recursion: one matrix-vector product
-        over the live history (after ``prev_flat_grad = g``). Returns ``(g . d, max |d|)``."""
-        R, c = self._R, self._c
-        np.copyto(R[0], g)
+        """``prev_flat_grad = g`` and ``d`` from the two-loop's coefficients, in one pass over
+        the live history. Returns ``(g . d, max |d|)``."""
+        c = self._c
         rows = 1 + 2 * (max(self._order) + 1 if self._order else 0)
-        c[:rows] = 0
+        c[:rows + 3] = 0
         c[0] = coef_g
         for k in range(m):
             slot = self._slots[k]
             c[1 + 2 * slot] = self._coef[0, k]
             c[2 + 2 * slot] = self._coef[1, k]
-        np.matmul(c[:rows], R[:rows], out=self._d)
-        return self._dot(g, self._d), self._stats(self._d)[0]
+        return self._kernel(_DIRECTION)(g, self._R, c, rows, self._d, self._acc, self._small)
 
     def _update_history(self, g, t):
         """torch's memory update from the new pair; fills the two-loop's inputs. Returns m."""
@@ -591,29 +770,29 @@ class LBFGS(Optimizer):
         used = set(order)
         spare = next(r for r in range(self._H + 1) if r not in used)
         W = self._W
-        self._kernel(_NEW_PAIR)(g, self._prev, self._d, self._T(t), W)
+        ys, yy, gs_new, gy_new = self._kernel(_NEW_PAIR)(g, self._prev, self._d, self._T(t), W,
+                                                           self._small4)
         # every dot product of the new pair and g with the stored pairs: one pass (BLAS)
         rows = 2 * (max(order) + 1 if order else 0)
-        RW = self._RW[:rows]
+        RW = self._RW
         if rows:
-            np.matmul(self._R[1:1 + rows], W.T, out=RW)
-        np.matmul(W, W.T, out=self._WW)
-        WW = self._WW.astype(np.float64)
+            self._kernel(_HISTORY_DOTS)(self._R, W, rows, self._partial, RW)
         # RW[2 * slot] = s_slot . (s, y, g), RW[2 * slot + 1] = y_slot . (s, y, g)
-        ys = self._f(WW[0, 1])
+        ys_exact = ys
+        ys = self._f(ys)
         if ys > self._f(1e-10):
             for r in order:
                 self._SY[spare, r] = RW[2 * r + 1, 0]
                 self._SY[r, spare] = RW[2 * r, 1]
                 self._YY[spare, r] = self._YY[r, spare] = RW[2 * r + 1, 1]
-            self._SY[spare, spare] = WW[0, 1]
-            self._YY[spare, spare] = WW[1, 1]
+            self._SY[spare, spare] = ys_exact
+            self._YY[spare, spare] = yy
             self._rho[spare] = self._f(1.0 / ys)
-            self._H_diag = self._f(ys / self._f(WW[1, 1]))
+            self._H_diag = self._f(ys / self._f(yy))
             np.copyto(self._S[spare], W[0])
             np.copyto(self._Y[spare], W[1])
-            gs = [float(RW[2 * r, 2]) for r in order] + [WW[2, 0]]
-            gy = [float(RW[2 * r + 1, 2]) for r in order] + [WW[2, 1]]
+            gs = [float(RW[2 * r, 2]) for r in order] + [gs_new]
+            gy = [float(RW[2 * r + 1, 2]) for r in order] + [gy_new]
             order.append(spare)
             if len(order) > self._H:
                 order.pop(0)
