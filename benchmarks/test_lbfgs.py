@@ -94,7 +94,7 @@ def test_lbfgs_iteration_scipy(benchmark, problem):
     if scipy is None:
         pytest.skip("scipy is not installed (pip install scipy)")
     n, tensors, curv, x0 = problem
-    iters = 40 if benchmark.enabled else 3
+    iters = 10 if benchmark.enabled else 3
 
     def fun(x):
         g = curv * x
@@ -108,5 +108,5 @@ def test_lbfgs_iteration_scipy(benchmark, problem):
 
     benchmark.group = f"LBFGS iteration float64 {n} in {tensors}"
     benchmark.extra_info["implementation"] = f"scipy L-BFGS-B (time per call / {iters})"
-    nit = benchmark.pedantic(run, rounds=3 if benchmark.enabled else 1, iterations=1)
+    nit = benchmark.pedantic(run, rounds=2 if benchmark.enabled else 1, iterations=1)
     benchmark.extra_info["iterations"] = nit
