@@ -492,3 +492,55 @@ def test_device_cuda_is_refused_clearly():
     with pytest.raises(NotImplementedError, match="LBFGS\\(device='cuda'\\) is not implemented"):
         LBFGS([p], device="cuda")
     assert p._arena is None
+
+
+_CACHE_PROBE = """
+import json
+import numpy as np
+import numbaopt
+from numbaopt.optim import lbfgs
+stats = {}
+for dtype in ("float32", "float64"):
+    for threshold in (1 << 30, 1):
+        lbfgs.PARALLEL_THRESHOLD = threshold
+        p = numbaopt.Parameter(np.linspace(-1, 1, 9).astype(dtype))
+        opt = lbfgs.LBFGS([p], line_search_fn="strong_wolfe", history_size=3, max_iter=6)
+        def closure():
+            p.grad = (4 * p.data ** 3 + p.data).astype(dtype)
+            return float(np.sum(p.data ** 4 + 0.5 * p.data ** 2))
+        opt.step(closure)
+        opt.step(closure)
+kernels = {name: getattr(lbfgs, name) for name in
+           ("_ABS_STATS", "_NEW_PAIR", "_HISTORY_DOTS", "_DIRECTION", "_DOT", "_MOVE")}
+for name, pair in kernels.items():
+    for kind, k in zip(("serial", "parallel"), pair):
+        stats[f"{name} {kind}"] = [sum(k.stats.cache_misses.values()),
+                                   sum(k.stats.cache_hits.values())]
+stats["_two_loop"] = [sum(lbfgs._two_loop.stats.cache_misses.values()),
+                      sum(lbfgs._two_loop.stats.cache_hits.values())]
+print(json.dumps(stats))
+"""
+
+
+def test_a_second_process_loads_every_lbfgs_kernel_from_the_cache():
+    import json
+    import subprocess
+    import sys
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True,
+                             text=True, timeout=600, cwd=pathlib.Path(__file__).parents[1])
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    run()
+    second = run()
+    assert not {k: v for k, v in second.items() if v[0]}, second
+    assert all(v[1] >= 1 for v in second.values()), second
+
+
+def test_serial_and_parallel_kernels_are_cached_under_distinct_names():
+    """numba's cache index ignores parallel=: one name for both would load one for the other."""
+    for name in ("_ABS_STATS", "_NEW_PAIR", "_HISTORY_DOTS", "_DIRECTION", "_DOT", "_MOVE"):
+        serial, parallel = getattr(lbfgs_module, name)
+        assert serial.py_func.__qualname__ != parallel.py_func.__qualname__
+        assert parallel.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")
