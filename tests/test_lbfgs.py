@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import numbaopt
+from numbaopt.optim import _lbfgs_passes as passes
 from numbaopt.optim import lbfgs as lbfgs_module
 from numbaopt.optim.lbfgs import LBFGS
 
@@ -457,8 +458,8 @@ def test_more_steps_compile_nothing_new():
     params, closure = _quadratic()
     opt = LBFGS(params, line_search_fn="strong_wolfe", history_size=3)
     opt.step(closure)
-    kernels = [lbfgs_module._ABS_STATS[0], lbfgs_module._NEW_PAIR[0], lbfgs_module._MOVE[0],
-               lbfgs_module._two_loop]
+    kernels = [passes._ABS_STATS[0], passes._NEW_PAIR[0], passes._MOVE[0],
+               passes._HISTORY_DOTS[0], passes._DIRECTION[0], passes._two_loop]
     counts = [len(k.signatures) for k in kernels]
     for _ in range(4):
         opt.step(closure)
@@ -498,7 +499,7 @@ _CACHE_PROBE = """
 import json
 import numpy as np
 import numbaopt
-from numbaopt.optim import lbfgs
+from numbaopt.optim import _lbfgs_passes as passes, lbfgs
 stats = {}
 for dtype in ("float32", "float64"):
     for threshold in (1 << 30, 1):
@@ -510,14 +511,14 @@ for dtype in ("float32", "float64"):
             return float(np.sum(p.data ** 4 + 0.5 * p.data ** 2))
         opt.step(closure)
         opt.step(closure)
-kernels = {name: getattr(lbfgs, name) for name in
+kernels = {name: getattr(passes, name) for name in
            ("_ABS_STATS", "_NEW_PAIR", "_HISTORY_DOTS", "_DIRECTION", "_DOT", "_MOVE")}
 for name, pair in kernels.items():
     for kind, k in zip(("serial", "parallel"), pair):
         stats[f"{name} {kind}"] = [sum(k.stats.cache_misses.values()),
                                    sum(k.stats.cache_hits.values())]
-stats["_two_loop"] = [sum(lbfgs._two_loop.stats.cache_misses.values()),
-                      sum(lbfgs._two_loop.stats.cache_hits.values())]
+stats["_two_loop"] = [sum(passes._two_loop.stats.cache_misses.values()),
+                      sum(passes._two_loop.stats.cache_hits.values())]
 print(json.dumps(stats))
 """
 
@@ -541,6 +542,6 @@ def test_a_second_process_loads_every_lbfgs_kernel_from_the_cache():
 def test_serial_and_parallel_kernels_are_cached_under_distinct_names():
     """numba's cache index ignores parallel=: one name for both would load one for the other."""
     for name in ("_ABS_STATS", "_NEW_PAIR", "_HISTORY_DOTS", "_DIRECTION", "_DOT", "_MOVE"):
-        serial, parallel = getattr(lbfgs_module, name)
+        serial, parallel = getattr(passes, name)
         assert serial.py_func.__qualname__ != parallel.py_func.__qualname__
         assert parallel.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")
