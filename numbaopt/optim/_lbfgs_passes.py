@@ -296,3 +296,51 @@ def _zero_missing(grad, offsets, has_grad):
         if not has_grad[i]:
             for e in range(offsets[i], offsets[i + 1]):
                 grad[e] = 0
+
+
+class HostPasses:
+    """The passes LBFGS runs, on host arrays: serial or threaded kernels and their scratch.
+
+    ``numbaopt.optim._lbfgs_cuda.CudaPasses`` has the same methods on device arrays.
+    """
+
+    device = "cpu"
+
+    def __init__(self, n, dtype, history, parallel):
+        self.dtype = np.dtype(dtype)
+        self.k = 1 if parallel else 0
+        nblocks = max(1, -(-n // BLOCK))
+        self._small = np.zeros((nblocks, 2))
+        self._small4 = np.zeros((nblocks, 4))
+        self._partial = np.zeros((nblocks, 2 * history + 4, 3))
+        self._acc = np.zeros((nblocks, BLOCK))
+
+    def zeros(self, shape):
+        return np.zeros(shape, self.dtype)
+
+    def to_host(self, a):
+        return np.array(a)
+
+    def copy(self, dst, src):
+        np.copyto(dst, src)
+
+    def abs_stats(self, g):
+        return _ABS_STATS[self.k](g, self._small)
+
+    def new_pair(self, g, prev, d, t, W):
+        return _NEW_PAIR[self.k](g, prev, d, t, W, self._small4)
+
+    def history_dots(self, R, W, rows, out):
+        _HISTORY_DOTS[self.k](R, W, rows, self._partial, out)
+
+    def direction(self, g, R, c, rows, d):
+        return _DIRECTION[self.k](g, R, c, rows, d, self._acc, self._small)
+
+    def dot(self, a, b):
+        return _DOT[self.k](a, b, self._small)
+
+    def move(self, x, base, d, t):
+        _MOVE[self.k](x, base, d, t)
+
+    def zero_missing(self, arena):
+        _zero_missing(arena.grad, arena.offsets, arena.has_grad)

@@ -23,8 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._lbfgs_passes import (BLOCK, _ABS_STATS, _DIRECTION, _DOT, _HISTORY_DOTS, _MOVE,
-                            _NEW_PAIR, _two_loop, _zero_missing)
+from ._lbfgs_passes import HostPasses, _two_loop
 from ._line_search import strong_wolfe
 from .optimizer import Optimizer, ParamGroup, _split_groups, is_finite_real
 
@@ -83,10 +82,6 @@ class LBFGS(Optimizer):
     def __init__(self, params, lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-7,
                  tolerance_change=1e-9, history_size=100, line_search_fn=None, *,
                  device="cpu"):
-        if device == "cuda":
-            raise NotImplementedError(
-                "LBFGS(device='cuda') is not implemented yet: numbaopt's LBFGS runs its "
-                "passes through host BLAS; keep the parameters on the CPU")
         if isinstance(lr, np.ndarray) and lr.size != 1:
             raise ValueError("Tensor lr must be 1-element")
         if max_eval is None:
@@ -97,7 +92,7 @@ class LBFGS(Optimizer):
         groups = _split_groups(params)
         if len(groups) != 1:
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
-        super().__init__(groups, defaults)
+        super().__init__(groups, defaults, device=device)
         self._params = self.param_groups[0]["params"]
         self._reset_state()
 
@@ -108,7 +103,13 @@ class LBFGS(Optimizer):
         n, dtype = arena.size, arena.dtype
         H = self.param_groups[0]["history_size"] if history_size is None else history_size
         self._H = int(H)
-        nblocks = max(1, -(-n // BLOCK))
+        self._parallel = n >= PARALLEL_THRESHOLD
+        if arena.device == "cuda":
+            from ._lbfgs_cuda import CudaPasses
+            self._passes = CudaPasses(n, dtype, self._H, arena.offsets)
+        else:
+            self._passes = HostPasses(n, dtype, self._H, self._parallel)
+        P = self._passes
         self._single = dtype == np.float32
         self._T = np.float32 if self._single else np.float64
         self._func_evals = None      # torch's state keys appear on the first step
@@ -120,39 +121,32 @@ class LBFGS(Optimizer):
         self._al = None              # torch's state["al"]: a list once the recursion ran
         self._order = []             # ring rows of the stored pairs, oldest first
         self._rho = np.zeros(self._H + 1)
-        self._d = np.zeros(n, dtype)
+        self._d = P.zeros(n)
         # The history ring, one matrix: row 0 is prev_flat_grad, rows 1 + 2k and 2 + 2k the
         # pair (s, y) in slot k. The slots in use (and the spare) are always the first
-        # ones, so one matrix product over R[:1 + 2r] reads exactly the live history.
-        self._R = np.zeros((5 + 2 * self._H, n), dtype)   # + one pair: the 4-row pass's tail
-        self._W = np.zeros((3, n), dtype)            # the new pair and the gradient
+        # ones, so a pass over R[:1 + 2r] reads exactly the live history.
+        self._R = P.zeros((5 + 2 * self._H, n))   # + one pair: the 4-row pass's tail
+        self._W = P.zeros((3, n))                 # the new pair and the gradient
         self._RW = np.zeros((2 * self._H + 4, 3))
-        self._partial = np.zeros((nblocks, 2 * self._H + 4, 3))
-        self._small4 = np.zeros((nblocks, 4))
-        self._c = np.zeros(5 + 2 * self._H)
-        self._acc = np.zeros((nblocks, BLOCK))   # the direction's coefficients over R
+        self._c = np.zeros(5 + 2 * self._H)       # the direction's coefficients over R
         self._SY = np.zeros((self._H + 1, self._H + 1))
         self._YY = np.zeros((self._H + 1, self._H + 1))
-        self._small = np.zeros((nblocks, 2))
         self._coef = np.zeros((3, self._H + 1))
         self._gs = np.zeros(self._H + 1)
         self._gy = np.zeros(self._H + 1)
         self._slots = np.zeros(self._H + 1, dtype=np.int64)
         self._x_init = None          # the line search's buffers, allocated on first use
         self._pool = None
-        self._parallel = n >= PARALLEL_THRESHOLD
 
     @property
     def _prev(self):
         return self._R[0]
 
-    @property
-    def _S(self):
-        return self._R[1::2]
+    def _s(self, slot):
+        return self._R[1 + 2 * slot]
 
-    @property
-    def _Y(self):
-        return self._R[2::2]
+    def _y(self, slot):
+        return self._R[2 + 2 * slot]
 
     @property
     def state(self):
@@ -167,13 +161,14 @@ class LBFGS(Optimizer):
         if not self._started:
             return out
         T = self._T
-        out["d"] = self._d.copy()
+        host = self._passes.to_host
+        out["d"] = host(self._d)
         out["t"] = self._t
-        out["old_dirs"] = [self._Y[r].copy() for r in self._order]
-        out["old_stps"] = [self._S[r].copy() for r in self._order]
+        out["old_dirs"] = [host(self._y(r)) for r in self._order]
+        out["old_stps"] = [host(self._s(r)) for r in self._order]
         out["ro"] = [np.array(self._rho[r], dtype=T) for r in self._order]
         out["H_diag"] = self._H_diag if isinstance(self._H_diag, int) else np.array(self._H_diag, T)
-        out["prev_flat_grad"] = self._prev.copy()
+        out["prev_flat_grad"] = host(self._prev)
         out["prev_loss"] = self._prev_loss
         if self._al is not None:
             out["al"] = [None if a is None else np.array(a, dtype=T) for a in self._al]
@@ -211,15 +206,10 @@ class LBFGS(Optimizer):
         self.__dict__.update(loaded.pop("attrs"))
         S, Y = loaded["S"], loaded["Y"]
         m = len(S)
-        for r in range(m):
-            self._S[r] = S[r]
-            self._Y[r] = Y[r]
-        self._order = list(range(m))
+        self._set_history(S, Y, loaded["rho"])
         if loaded["d"] is not None:
-            self._d[:] = loaded["d"]
-            self._prev[:] = loaded["prev"]
-        self._rho[:m] = loaded["rho"]
-        self._gram(m)
+            self._passes.copy(self._d, loaded["d"])
+            self._passes.copy(self._prev, loaded["prev"])
 
     def _parse_state(self, entry, group):
         """The loaded state as host arrays and scalars, after checking every value."""
@@ -298,13 +288,20 @@ class LBFGS(Optimizer):
         return {"attrs": attrs, "S": S, "Y": Y, "rho": rho,
                 "d": vector("d", entry["d"]), "prev": vector("prev_flat_grad", entry["prev_flat_grad"])}
 
-    def _gram(self, m):
-        """Rebuild ``SY`` and ``YY`` of slots ``0:m`` (after a load) by BLAS."""
-        S, Y = self._S[:m], self._Y[:m]
+    def _set_history(self, S, Y, rho):
+        """Stored pairs from host vectors (oldest first), and their Gram table by BLAS."""
+        m = len(S)
+        for r in range(m):
+            self._passes.copy(self._s(r), S[r])
+            self._passes.copy(self._y(r), Y[r])
+        self._order = list(range(m))
+        self._rho[:m] = rho
         self._SY[:] = 0
         self._YY[:] = 0
-        self._SY[:m, :m] = S @ Y.T
-        self._YY[:m, :m] = Y @ Y.T
+        if m:
+            S, Y = np.array(S, dtype=np.float64), np.array(Y, dtype=np.float64)
+            self._SY[:m, :m] = S @ Y.T
+            self._YY[:m, :m] = Y @ Y.T
 
     # -- groups --------------------------------------------------------------------
     def add_param_group(self, param_group):
@@ -333,21 +330,18 @@ class LBFGS(Optimizer):
                              f"{group['line_search_fn']!r}{suffix}")
 
     # -- the compiled passes -------------------------------------------------------
-    def _kernel(self, pair):
-        return pair[1] if self._parallel else pair[0]
-
     def _flat_grad(self):
         """The arena's gradient, with torch's zeros for parameters that have none."""
         arena = self.arena
         if not arena.has_grad.all():
-            _zero_missing(arena.grad, arena.offsets, arena.has_grad)
+            self._passes.zero_missing(arena)
         return arena.grad
 
     def _stats(self, g):
-        return self._kernel(_ABS_STATS)(g, self._small)
+        return self._passes.abs_stats(g)
 
     def _dot(self, a, b):
-        return self._kernel(_DOT)(a, b, self._small)
+        return self._passes.dot(a, b)
 
     def _f(self, x):
         """A value torch holds as a tensor of the parameters' dtype, as a Python float."""
@@ -418,12 +412,11 @@ class LBFGS(Optimizer):
             if line_search_fn is not None:
                 loss, flat_grad, t, ls_func_evals = self._strong_wolfe(
                     closure, t, loss, gtd, tolerance_change, max_ls=max_eval - current_evals)
-                _move_kernel = self._kernel(_MOVE)
-                _move_kernel(self.arena.data, self._x_init, self._d, self._T(t))
+                self._passes.move(self.arena.data, self._x_init, self._d, self._T(t))
                 gmax, _ = self._stats(flat_grad)
                 opt_cond = f(gmax) <= f(tolerance_grad)
             else:
-                self._kernel(_MOVE)(self.arena.data, self.arena.data, self._d, self._T(t))
+                self._passes.move(self.arena.data, self.arena.data, self._d, self._T(t))
                 opt_cond = False
                 if n_iter != max_iter:
                     loss = float(closure())
@@ -458,7 +451,7 @@ class LBFGS(Optimizer):
             slot = self._slots[k]
             c[1 + 2 * slot] = self._coef[0, k]
             c[2 + 2 * slot] = self._coef[1, k]
-        return self._kernel(_DIRECTION)(g, self._R, c, rows, self._d, self._acc, self._small)
+        return self._passes.direction(g, self._R, c, rows, self._d)
 
     def _update_history(self, g, t):
         """torch's memory update from the new pair; fills the two-loop's inputs. Returns m."""
@@ -468,13 +461,12 @@ class LBFGS(Optimizer):
         used = set(order)
         spare = next(r for r in range(self._H + 1) if r not in used)
         W = self._W
-        ys, yy, gs_new, gy_new = self._kernel(_NEW_PAIR)(g, self._prev, self._d, self._T(t), W,
-                                                           self._small4)
+        ys, yy, gs_new, gy_new = self._passes.new_pair(g, self._prev, self._d, self._T(t), W)
         # every dot product of the new pair and g with the stored pairs: one pass (BLAS)
         rows = 2 * (max(order) + 1 if order else 0)
         RW = self._RW
         if rows:
-            self._kernel(_HISTORY_DOTS)(self._R, W, rows, self._partial, RW)
+            self._passes.history_dots(self._R, W, rows, RW)
         # RW[2 * slot] = s_slot . (s, y, g), RW[2 * slot + 1] = y_slot . (s, y, g)
         ys_exact = ys
         ys = self._f(ys)
@@ -487,8 +479,8 @@ class LBFGS(Optimizer):
             self._YY[spare, spare] = yy
             self._rho[spare] = self._f(1.0 / ys)
             self._H_diag = self._f(ys / self._f(yy))
-            np.copyto(self._S[spare], W[0])
-            np.copyto(self._Y[spare], W[1])
+            self._passes.copy(self._s(spare), W[0])
+            self._passes.copy(self._y(spare), W[1])
             gs = [float(RW[2 * r, 2]) for r in order] + [gs_new]
             gy = [float(RW[2 * r + 1, 2]) for r in order] + [gy_new]
             order.append(spare)
@@ -523,19 +515,17 @@ class LBFGS(Optimizer):
         keep = self._order[-H:]
         state = {k: getattr(self, k) for k in ("_func_evals", "_n_iter", "_started", "_t",
                                                "_H_diag", "_prev_loss", "_al")}
-        S, Y = self._S[keep].copy(), self._Y[keep].copy()
+        host = self._passes.to_host
+        S, Y = [host(self._s(r)) for r in keep], [host(self._y(r)) for r in keep]
         rho = self._rho[keep].copy()
-        d, prev = self._d, self._prev.copy()
+        d, prev = host(self._d), host(self._prev)
         self._reset_state(H)
         self.__dict__.update(state)
         if self._al is not None:
             self._al = (self._al + [None] * H)[:H]
-        m = len(keep)
-        self._S[:m], self._Y[:m], self._rho[:m] = S, Y, rho
-        self._d = d
-        self._prev[:] = prev
-        self._order = list(range(m))
-        self._gram(m)
+        self._set_history(S, Y, rho)
+        self._passes.copy(self._d, d)
+        self._passes.copy(self._prev, prev)
 
     # -- line search ---------------------------------------------------------------
     def _strong_wolfe(self, closure, t, f, gtd, tolerance_change, c1=1e-4, c2=0.9, max_ls=25):
@@ -548,11 +538,11 @@ class LBFGS(Optimizer):
         """
         arena = self.arena
         if self._x_init is None:
-            self._x_init = np.empty_like(arena.data)
-            self._pool = [np.empty_like(arena.data) for _ in range(2)]
-        np.copyto(self._x_init, arena.data)
+            self._x_init = self._passes.zeros(arena.size)
+            self._pool = [self._passes.zeros(arena.size) for _ in range(2)]
+        self._passes.copy(self._x_init, arena.data)
         d = self._d
-        move = self._kernel(_MOVE)
+        passes = self._passes
         T = self._T
         fl = self._f
 
@@ -561,11 +551,11 @@ class LBFGS(Optimizer):
             # pool buffer other than the one still held in ``keep``
             for buf in self._pool:
                 if buf is not keep:
-                    np.copyto(buf, g)
+                    passes.copy(buf, g)
                     return buf
 
         def evaluate(step):
-            move(arena.data, self._x_init, d, T(step))
+            passes.move(arena.data, self._x_init, d, T(step))
             loss = float(closure())
             return loss, self._flat_grad()
 
