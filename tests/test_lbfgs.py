@@ -575,3 +575,28 @@ def test_every_cuda_kernel_compiles_to_ptx():
         for kernel, sig in signatures.items():
             ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
             assert ".entry" in ptx
+
+
+def test_float32_line_search_tests_sufficient_decrease_in_float32_as_torch():
+    """torch's gtd is a float32 tensor, so f + c1 t gtd rounds back to f on a plateau."""
+    torch = _torch()
+    rng = np.random.default_rng(11)
+    a = rng.uniform(0.5, 2.0, 50).astype(np.float32)
+    x0 = rng.standard_normal(50).astype(np.float32)
+    p = numbaopt.Parameter(x0.copy())
+    t = torch.tensor(x0.copy(), requires_grad=True)
+    kwargs = dict(line_search_fn="strong_wolfe", max_iter=30)
+    opt, topt = LBFGS([p], **kwargs), torch.optim.LBFGS([t], **kwargs)
+
+    def closure():
+        p.grad = a * p.data
+        return np.float32(1.0) + np.float32(0.5) * np.sum(a * p.data * p.data, dtype=np.float32)
+
+    def tclosure():
+        x = t.detach()
+        t.grad = torch.tensor(a) * x
+        return 1.0 + 0.5 * torch.sum(torch.tensor(a) * x * x)
+    opt.step(closure)
+    topt.step(tclosure)
+    assert opt.state_dict()["state"][0]["func_evals"] == topt.state[t]["func_evals"]
+    assert_close(p.data, t.detach().numpy())

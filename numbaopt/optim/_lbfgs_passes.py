@@ -22,6 +22,8 @@ BLOCK = 2048
 _REDUCE = {"reassoc"}
 #: The history's dot products also fuse multiply and add (more exact, as BLAS's FMA).
 _REDUCE_CONTRACT = {"reassoc", "contract"}
+#: ``x + t * d`` as one fused multiply-add: torch's ``p.add_(d, alpha=t)`` is vec::fmadd.
+_CONTRACT = {"contract"}
 
 
 def _abs_stats(g, partial):
@@ -224,13 +226,14 @@ def _move(x, base, d, t):
         x[e] = base[e] + t * d[e]
 
 
-def _compile(function, reduce=True):
+def _compile(function, reduce=True, contract=False):
     """A serial and a parallel dispatcher of ``function``, cached under two names.
 
     numba's cache index does not key on ``parallel``: two dispatchers of one function
     would share one cache entry, and the second would load the first one's code.
     """
-    flags = dict(cache=True, error_model="numpy", fastmath=_REDUCE if reduce else False)
+    fastmath = _REDUCE if reduce else (_CONTRACT if contract else False)
+    flags = dict(cache=True, error_model="numpy", fastmath=fastmath)
     out = []
     for suffix, parallel in (("serial", False), ("parallel", True)):
         copy = types.FunctionType(function.__code__, function.__globals__,
@@ -243,7 +246,7 @@ def _compile(function, reduce=True):
 
 _ABS_STATS = _compile(_abs_stats)
 _NEW_PAIR = _compile(_new_pair)
-_MOVE = _compile(_move, reduce=False)
+_MOVE = _compile(_move, reduce=False, contract=True)
 _HISTORY_DOTS = _compile(_history_dots)
 _DIRECTION = _compile(_direction)
 _DOT = _compile(_dot)

@@ -28,15 +28,22 @@ def _cubic_interpolate(x1, f1, g1, x2, f2, g2, bounds=None):
 
 
 def strong_wolfe(evaluate, directional, clone, g, t, f, gtd, d_norm, tolerance_change,
-                 c1=1e-4, c2=0.9, max_ls=25):
+                 c1=1e-4, c2=0.9, max_ls=25, fl=float):
     """Find a step length ``t`` along ``d`` that satisfies the strong Wolfe conditions.
 
     ``evaluate(t)`` sets the parameters to ``x + t d``, evaluates the closure and returns
     ``(loss, gradient)``; ``directional(g)`` is ``g . d`` as torch holds it;
     ``clone(g, keep)`` copies a gradient that later evaluations must not overwrite,
     into a buffer other than ``keep``. ``g``, ``f`` and ``gtd`` describe the start,
-    ``d_norm`` is ``max |d|``. Returns ``(f_new, g_new, t, evaluations)``.
+    ``d_norm`` is ``max |d|``. ``fl`` rounds to the parameters' dtype: torch's ``gtd``
+    is a tensor of that dtype, so its sufficient-decrease test is computed in it.
+    Returns ``(f_new, g_new, t, evaluations)``.
     """
+
+    def armijo_fails(f_new, t):
+        # torch: f_new > f + c1 * t * gtd, with gtd a 0-d tensor of the parameters' dtype
+        return fl(f_new) > fl(fl(f) + fl(fl(c1 * t) * gtd))
+
     f_new, g_new = evaluate(t)
     ls_func_evals = 1
     gtd_new = directional(g_new)
@@ -45,7 +52,7 @@ def strong_wolfe(evaluate, directional, clone, g, t, f, gtd, d_norm, tolerance_c
     done = False
     ls_iter = 0
     while ls_iter < max_ls:
-        if f_new > (f + c1 * t * gtd) or (ls_iter > 1 and f_new >= f_prev):
+        if armijo_fails(f_new, t) or (ls_iter > 1 and f_new >= f_prev):
             bracket = [t_prev, t]
             bracket_f = [f_prev, f_new]
             bracket_g = [g_prev, clone(g_new, g_prev)]
@@ -107,7 +114,7 @@ def strong_wolfe(evaluate, directional, clone, g, t, f, gtd, d_norm, tolerance_c
         gtd_new = directional(g_new)
         ls_iter += 1
 
-        if f_new > (f + c1 * t * gtd) or f_new >= bracket_f[low_pos]:
+        if armijo_fails(f_new, t) or f_new >= bracket_f[low_pos]:
             bracket[high_pos] = t
             bracket_f[high_pos] = f_new
             bracket_g[high_pos] = clone(g_new, bracket_g[low_pos])

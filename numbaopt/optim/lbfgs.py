@@ -399,9 +399,10 @@ class LBFGS(Optimizer):
             self._prev_loss = loss
 
             if self._n_iter == 1:
+                # torch: min(1.0, 1.0 / |g|_1) * lr, a tensor (lr cast to its dtype first)
+                # when the min is the tensor, a Python float otherwise
                 inv = f(1.0 / f(gsum))
-                t = (inv if inv < 1.0 else 1.0) * lr
-                t = f(t) if inv < 1.0 else t
+                t = f(inv * f(lr)) if inv < 1.0 else lr
             else:
                 t = lr
             gtd = f(gtd)
@@ -511,7 +512,11 @@ class LBFGS(Optimizer):
         self._dirty[0] = False
 
     def _resize_history(self, H):
-        """A new ``history_size``: keep the newest pairs that fit (torch keeps all of them)."""
+        """A new ``history_size``: keep the newest pairs that fit.
+
+        torch has nothing to match: its ``al`` list keeps the old length, and the next
+        recursion over a longer history raises IndexError.
+        """
         keep = self._order[-H:]
         state = {k: getattr(self, k) for k in ("_func_evals", "_n_iter", "_started", "_t",
                                                "_H_diag", "_prev_loss", "_al")}
@@ -560,4 +565,4 @@ class LBFGS(Optimizer):
             return loss, self._flat_grad()
 
         return strong_wolfe(evaluate, lambda g: fl(self._dot(g, d)), clone, self._prev, t, f,
-                            gtd, fl(self._stats(d)[0]), tolerance_change, c1, c2, max_ls)
+                            gtd, fl(self._stats(d)[0]), tolerance_change, c1, c2, max_ls, fl)
