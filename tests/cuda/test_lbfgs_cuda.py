@@ -61,7 +61,7 @@ def run(case, device, steps=2, state=None):
     return np.array(traj), opt
 
 
-@pytest.mark.parametrize("case", ["logistic-wolfe5-float64", "logistic-h5lr-float32",
+@pytest.mark.parametrize("case", ["logistic-wolfe5-float64", "logistic-wolfe5-float32",
                                   "least_squares-wolfe5-float64", "least_squares-h5lr-float64"])
 def test_the_gpu_follows_the_cpu(case):
     cpu, opt_cpu = run(case, "cpu")
