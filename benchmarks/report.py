@@ -2,6 +2,7 @@
 
     python -m benchmarks.report                     # everything (about 12 minutes on 2 cores)
     python -m benchmarks.report --sections table --sizes 1k/10 100k/100
+    python -m benchmarks.report --sections beyond        # LBFGS, SparseAdam, Adafactor, Muon
     python -m benchmarks.report --quick             # small sizes, few rounds: a smoke test
 
 For every optimizer, dtype and size, all implementations (numbaopt, torch,
@@ -37,7 +38,7 @@ import numpy as np
 from . import cases
 from .cases import DTYPES, IMPLEMENTATIONS, OPTIMIZERS, SIZES, SMALL_SIZES, Size, build
 
-SECTIONS = ("table", "overhead", "threshold", "threads", "cold")
+SECTIONS = ("table", "beyond", "overhead", "threshold", "threads", "cold")
 
 # Targets of the issue.
 SPEEDUP_TARGET = 1.5
@@ -255,6 +256,66 @@ def section_table(args, sizes):
         print("Missed targets:\n")
         print("\n".join(f"- {m}" for m in misses))
         print()
+
+
+def _beyond_cases(quick):
+    """``(label, {impl: zero-argument step builder})`` for the optimizers that are not
+    elementwise, built from their pytest-benchmark files at the README's sizes."""
+    from . import test_adafactor, test_lbfgs, test_muon, test_sparse_adam
+
+    n, tensors = (10_000, 10) if quick else (1_000_000, 100)
+    rng = np.random.default_rng(0)
+    curv = np.logspace(-3, 3, n)[rng.permutation(n)]
+    x0 = rng.standard_normal(n)
+
+    def lbfgs(make, dtype):
+        def build():
+            step = make(n, tensors, curv, x0, dtype)
+            for _ in range(test_lbfgs.HISTORY + 5):   # fill the history
+                step()
+            return step
+        return build
+
+    rows = 20_000 if quick else 1_000_000
+    af = ("10k/100", 100, (10, 10)) if quick else ("1M/100", 100, (100, 100))
+    mu = ("4x64x32", 4, (64, 32)) if quick else ("16x256x128", 16, (256, 128))
+    out = []
+    for dtype in ("float32", "float64"):
+        out.append((f"LBFGS iteration, {n} in {tensors}, {dtype}",
+                    {"numbaopt": lbfgs(test_lbfgs._numbaopt, dtype),
+                     "torch": lbfgs(test_lbfgs._torch, dtype)}))
+    out.append((f"SparseAdam, {rows} x {test_sparse_adam.WIDTH}, 1000 rows, float32",
+                {impl: (lambda impl=impl: test_sparse_adam._build(impl, rows, 1000))
+                 for impl in ("numbaopt", "torch")}))
+    out.append((f"Adafactor, {af[0]}, float32",
+                {impl: (lambda impl=impl, key=key: test_adafactor._build(key, af[1], af[2],
+                                                                         quick))
+                 for impl, key in (("numbaopt", "numbaopt"), ("torch", "torch_default"))}))
+    out.append((f"Muon, {mu[0]}, float32",
+                {impl: (lambda impl=impl: test_muon._build(impl, mu[1], mu[2]))
+                 for impl in ("numbaopt", "torch")}))
+    return out
+
+
+def section_beyond(args):
+    print("## LBFGS, SparseAdam, Adafactor and Muon against torch.optim\n")
+    if cases.torch is None:
+        print("torch is not installed: nothing to compare with.\n")
+        return
+    rows = []
+    for label, builders in _beyond_cases(args.quick):
+        steps = {impl: build() for impl, build in builders.items()}
+        wait_for_idle(args.wait_idle)
+        times = measure(steps, rounds=args.rounds, case_time=args.case_time, min_rounds=5)
+        rows.append([label, fmt_time(median(times["numbaopt"])), fmt_time(median(times["torch"])),
+                     f"{median_ratio(times['torch'], times['numbaopt']):.2f}x"])
+        print(markdown_table(["case", "numbaopt", "torch", "torch / numbaopt"], rows[-1:],
+                             left=1).splitlines()[-1], file=sys.stderr, flush=True)
+        del steps
+    print(markdown_table(["case", "numbaopt", "torch", "torch / numbaopt"], rows, left=1))
+    print()
+    print("Steps measured interleaved, medians; the LBFGS rows are one step(closure) with "
+          "max_iter=1 and a full history of 100 pairs.\n")
 
 
 _EMPTY_KERNELS = {}
