@@ -85,6 +85,21 @@ class Parameter:
     def size(self):
         return int(np.prod(self._data.shape, dtype=np.int64))
 
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(p)`` is ``p.data``: a view of the arena on the CPU (a host copy of
+        a GPU parameter), so NumPy functions take a Parameter as they take an array."""
+        data = self._data
+        if not isinstance(data, np.ndarray):
+            if copy is False:
+                raise ValueError("a GPU parameter cannot be viewed as a host array without "
+                                 "a copy")
+            data = data.copy_to_host()
+        if dtype is not None and np.dtype(dtype) != data.dtype:
+            if copy is False:
+                raise ValueError(f"casting the parameter to {np.dtype(dtype)} needs a copy")
+            return data.astype(dtype)
+        return data.copy() if copy else data
+
     def numpy(self):
         """The value as a host ndarray (``p.data``, or a copy of it for a GPU parameter)."""
         data = self._data

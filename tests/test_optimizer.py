@@ -538,3 +538,35 @@ def test_load_state_dict_into_a_stale_optimizer_changes_nothing():
     with pytest.raises(RuntimeError, match="can no longer load"):
         opt.load_state_dict(sd)
     assert opt.param_groups[0]["lr"] == 0.1
+
+
+# -- torch's surface: repr, huge ints, array-likeness (issue 13) -----------------------------
+def test_repr_is_torchs_to_the_character():
+    torch = pytest.importorskip("torch")
+    a, b = numbaopt.Parameter(np.zeros(2)), numbaopt.Parameter(np.zeros(3))
+    ta, tb = torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)
+    ours = optim.Adam([{"params": [a]}, {"params": [b], "lr": 0.1}])
+    theirs = torch.optim.Adam([{"params": [ta]}, {"params": [tb], "lr": 0.1}])
+    assert repr(ours) == repr(theirs)
+    assert "\n\nParameter Group 1\n" in repr(ours)
+
+
+def test_a_huge_int_hyperparameter_is_a_value_error_naming_the_option():
+    p = numbaopt.Parameter(np.zeros(2))
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        optim.Adam([p], lr=10 ** 400)
+    with pytest.raises(ValueError, match="Invalid weight_decay"):
+        optim.SGD([p], lr=0.1, weight_decay=10 ** 400)
+    assert p._arena is None
+
+
+def test_a_parameter_is_array_like():
+    p = numbaopt.Parameter(np.arange(6.0).reshape(2, 3))
+    opt = optim.SGD([p], lr=0.1)
+    a = np.asarray(p)
+    assert a.dtype == np.float64 and a.shape == (2, 3)
+    assert np.shares_memory(a, opt.arena.data)          # a view of the arena, not a copy
+    assert np.asarray(p, dtype=np.float32).dtype == np.float32
+    assert not np.shares_memory(np.array(p), opt.arena.data)
+    assert float(np.sum(p)) == 15.0
+    assert (p.shape, p.dtype, p.ndim, p.size) == ((2, 3), np.float64, 2, 6)

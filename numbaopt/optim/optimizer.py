@@ -294,11 +294,12 @@ class Optimizer:
 
     # -- misc ----------------------------------------------------------------------
     def __repr__(self):
-        lines = [type(self).__name__ + " ("]
+        # torch's format, to the character: a blank line between groups
+        out = type(self).__name__ + " ("
         for i, group in enumerate(self.param_groups):
-            lines.append(f"Parameter Group {i}")
-            lines.extend(f"    {key}: {group[key]}" for key in sorted(group) if key != "params")
-        return "\n".join(lines) + "\n)"
+            out += f"\nParameter Group {i}\n"
+            out += "".join(f"    {key}: {group[key]}\n" for key in sorted(group) if key != "params")
+        return out + ")"
 
     def _check_group(self, group, index=None, where="param group"):
         """Raise ``ValueError`` for an invalid group (torch's base class checks nothing)."""
@@ -351,7 +352,12 @@ def check_option(group, key, message, low=0.0, high=math.inf, high_open=False,
 
 def is_finite_real(value):
     """Whether ``value`` is a finite real number (not a bool): what a kernel column takes."""
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, Real) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:        # an int beyond float's range (lr=10**400)
+        return False
 
 
 def check_betas(group, index=None, where="param group", key="betas", high_open=True,
