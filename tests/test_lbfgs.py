@@ -570,7 +570,6 @@ def test_every_cuda_kernel_compiles_to_ptx():
             k._direction: (v, m, f64[::1], types.int64, v),
             k._dot_max: (v, v, f64[:, ::1]),
             k._move: (v, v, v, T),
-            k._zero_missing: (v, types.int64[::1], types.boolean[::1]),
         }
         for kernel, sig in signatures.items():
             ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))

@@ -11,6 +11,8 @@ NVVM contracts multiply-adds, so float32 agrees with the CPU to rounding.
 import numpy as np
 from numba import cuda
 
+from ..kernels.cuda import _zero_missing_grads_cuda
+
 #: Threads of every reduction and their block size, read at each launch (the tests
 #: under the simulator set them tiny).
 REDUCE_THREADS = 4096
@@ -119,22 +121,6 @@ def _move(x, base, d, t_step):
         x[e] = base[e] + t_step * d[e]
 
 
-@cuda.jit
-def _zero_missing(grad, offsets, has_grad):
-    e = cuda.grid(1)
-    if e < grad.size:
-        lo = 0
-        hi = offsets.size - 1
-        while hi - lo > 1:             # the parameter of element e: offsets[i] <= e
-            mid = (lo + hi) // 2
-            if offsets[mid] <= e:
-                lo = mid
-            else:
-                hi = mid
-        if not has_grad[lo]:
-            grad[e] = 0
-
-
 def _launch(n):
     tpb = THREADS_PER_BLOCK
     return max(1, -(-n // tpb)), tpb
@@ -201,4 +187,5 @@ class CudaPasses:
 
     def zero_missing(self, arena):
         arena._d_has_grad.copy_to_device(arena.has_grad)
-        _zero_missing[_launch(arena.size)](arena.grad, self._offsets, arena._d_has_grad)
+        _zero_missing_grads_cuda[_launch(arena.size)](arena.grad, arena._d_has_grad,
+                                                      self._offsets)

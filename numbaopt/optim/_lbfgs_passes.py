@@ -13,6 +13,8 @@ import types
 import numpy as np
 from numba import njit, prange
 
+from ..kernels.cpu import _zero_missing_grads
+
 #: Elements per block of the compiled reductions (fixed, so the sums do not depend on
 #: the number of threads).
 BLOCK = 2048
@@ -292,13 +294,6 @@ def _two_loop(m, slots, SY, YY, gs, gy, rho, H, single, al, coef_s, coef_y):
     return coef_g
 
 
-@njit(cache=True, error_model="numpy")
-def _zero_missing(grad, offsets, has_grad):
-    """torch reads a parameter without gradient as zeros: make its slice of ``grad`` zero."""
-    for i in range(has_grad.size):
-        if not has_grad[i]:
-            for e in range(offsets[i], offsets[i + 1]):
-                grad[e] = 0
 
 
 class HostPasses:
@@ -346,4 +341,5 @@ class HostPasses:
         _MOVE[self.k](x, base, d, t)
 
     def zero_missing(self, arena):
-        _zero_missing(arena.grad, arena.offsets, arena.has_grad)
+        # torch reads a parameter without gradient as zeros
+        _zero_missing_grads(arena.grad, arena.has_grad, arena.offsets)
