@@ -188,16 +188,7 @@ class Launcher:
         functions = dict(coefficients=rule.coefficients, update=rule.update,
                          advance=rule.advance or _no_advance,
                          counts_step=rule.counts_step or _always)
-        if config.ENABLE_CUDASIM:
-            # The simulator runs the kernel as Python: the rule's Python functions, with
-            # NumPy twins of the scalar helpers, so float32 stays float32.
-            env = {name: python_twin(f) for name, f in functions.items()}
-        else:
-            # Every compiled function the rule calls becomes an inlined device function,
-            # the scalar helpers their CUDA twins (math.sqrt: no np.sqrt in kernels).
-            device = cuda.jit(device=True, inline="always")
-            env = {name: device(twin(f, scalar.CUDA_TWINS, device))
-                   for name, f in functions.items()}
+        env = device_functions(functions)
         template = templates(rule.n_state, _TEMPLATE, globals())["_kernel"]
         return bind(template, env, f"_kernel_{rule.tag}")
 
@@ -214,6 +205,20 @@ class Launcher:
 
 
 # ------------------------------------------------------------ data parallel (distributed.py)
+
+def device_functions(functions):
+    """``{name: function}`` made callable from a kernel on this process's CUDA target.
+
+    The simulator runs kernels as Python: the functions' NumPy twins, so float32
+    stays float32. On a GPU every compiled function they call becomes an inlined
+    device function, the scalar helpers their CUDA twins (math.sqrt: no np.sqrt
+    in kernels).
+    """
+    if config.ENABLE_CUDASIM:
+        return {name: python_twin(f) for name, f in functions.items()}
+    device = cuda.jit(device=True, inline="always")
+    return {name: device(twin(f, scalar.CUDA_TWINS, device)) for name, f in functions.items()}
+
 
 @cuda.jit(cache=True)
 def _zero_missing_grads_cuda(grad, has_grad, offsets):

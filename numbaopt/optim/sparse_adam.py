@@ -433,17 +433,12 @@ _CUDA = {}
 def _cuda_kernels():
     """``(rows, counts)``: the two CUDA kernels of a step, built on first use."""
     if not _CUDA:
-        from numba import config, cuda
+        from numba import cuda
 
-        from ..kernels import scalar
-        from ..kernels.elementwise import bind, python_twin, twin
-        functions = {"coefficients": _coefficients.py_func, "update_row": _update_row.py_func}
-        if config.ENABLE_CUDASIM:
-            env = {name: python_twin(f) for name, f in functions.items()}
-        else:
-            device = cuda.jit(device=True, inline="always")
-            env = {name: device(twin(f, scalar.CUDA_TWINS, device))
-                   for name, f in functions.items()}
+        from ..kernels.cuda import device_functions
+        from ..kernels.elementwise import bind
+        env = device_functions({"coefficients": _coefficients.py_func,
+                                "update_row": _update_row.py_func})
         env["cuda"] = cuda
         _CUDA["rows"] = cuda.jit(cache=True)(bind(_rows_cuda, env, "_rows_cuda_sparse_adam"))
         _CUDA["counts"] = cuda.jit(cache=True)(bind(_counts_cuda, {"cuda": cuda},
