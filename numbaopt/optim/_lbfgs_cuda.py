@@ -12,6 +12,7 @@ import numpy as np
 from numba import cuda
 
 from ..kernels.cuda import _zero_missing_grads_cuda
+from ._lbfgs_passes import _max_keep_nan
 
 #: Threads of every reduction and their block size, read at each launch (the tests
 #: under the simulator set them tiny).
@@ -19,10 +20,8 @@ REDUCE_THREADS = 4096
 THREADS_PER_BLOCK = 128
 
 
-def _nan_max(mx, a):
-    if a > mx or a != a:
-        return a if mx == mx else mx
-    return mx
+_nan_max = _max_keep_nan.py_func                       # on the host
+_max_keep_nan_device = cuda.jit(device=True, inline="always")(_nan_max)  # in kernels
 
 
 @cuda.jit
@@ -35,8 +34,7 @@ def _abs_stats(g, partial):
         for e in range(t, g.size, T):
             a = abs(float(g[e]))
             sm += a
-            if a > mx or a != a:
-                mx = a if mx == mx else mx
+            mx = _max_keep_nan_device(mx, a)
         partial[t, 0] = mx
         partial[t, 1] = sm
 
@@ -108,8 +106,7 @@ def _dot_max(a, b, partial):
             v = float(b[e])
             s += float(a[e]) * v
             w = abs(v)
-            if w > mx or w != w:
-                mx = w if mx == mx else mx
+            mx = _max_keep_nan_device(mx, w)
         partial[t, 0] = s
         partial[t, 1] = mx
 

@@ -28,6 +28,16 @@ _REDUCE_CONTRACT = {"reassoc", "contract"}
 _CONTRACT = {"contract"}
 
 
+def _max_keep_nan(mx, a):
+    """``max(mx, a)``, where a NaN once seen stays (torch's ``abs().max()`` propagates it)."""
+    if a > mx or a != a:
+        return a if mx == mx else mx
+    return mx
+
+
+_max_keep_nan = njit(cache=True, error_model="numpy", inline="always")(_max_keep_nan)
+
+
 def _abs_stats(g, partial):
     """``(max |g|, sum |g|)`` in float64, NaN kept; ``partial`` is a (blocks, 2) scratch table."""
     n = g.size
@@ -39,16 +49,14 @@ def _abs_stats(g, partial):
         for e in range(lo, hi):
             a = abs(np.float64(g[e]))
             sm += a
-            if a > mx or a != a:
-                mx = a if mx == mx else mx
+            mx = _max_keep_nan(mx, a)
         partial[b, 0] = mx
         partial[b, 1] = sm
     mx = 0.0
     sm = 0.0
     for b in range(partial.shape[0]):
         a = partial[b, 0]
-        if a > mx or a != a:
-            mx = a if mx == mx else mx
+        mx = _max_keep_nan(mx, a)
         sm += partial[b, 1]
     return mx, sm
 
@@ -192,8 +200,7 @@ def _direction(g, R, c, rows, d, acc, partial):
             v = np.float64(d[lo + e])
             gtd += np.float64(g[lo + e]) * v
             a = abs(v)
-            if a > mx or a != a:
-                mx = a if mx == mx else mx
+            mx = _max_keep_nan(mx, a)
         partial[b, 0] = gtd
         partial[b, 1] = mx
     gtd = 0.0
@@ -201,8 +208,7 @@ def _direction(g, R, c, rows, d, acc, partial):
     for b in range(partial.shape[0]):
         gtd += partial[b, 0]
         a = partial[b, 1]
-        if a > mx or a != a:
-            mx = a if mx == mx else mx
+        mx = _max_keep_nan(mx, a)
     return gtd, mx
 
 
