@@ -200,14 +200,7 @@ class ArenaOptimizer(Optimizer):
             needed.update(self._group_state_keys(new))
         buffers = {k: np.zeros(arena.size, arena.dtype) for k in self._state_keys if k in needed}
         self._fresh_state(buffers, new_groups)
-        saved_state = state_dict["state"]
-        if not isinstance(saved_state, Mapping):
-            raise ValueError("state_dict['state'] must be a dict")
-        for key, entry in saved_state.items():
-            if key not in index_of:
-                raise ValueError(f"loaded state refers to parameter {key!r}, "
-                                 "which no loaded param group lists")
-            i = index_of[key]
+        for i, key, entry in self._loaded_entries(state_dict, index_of):
             self._load_param_state(i, entry, new_groups[arena.param_group[i]], step, scalars,
                                    buffers, key)
 
@@ -219,8 +212,6 @@ class ArenaOptimizer(Optimizer):
         """Fill ``buffers`` with the state of parameters that have none saved (zeros by default)."""
 
     def _load_param_state(self, i, entry, group, step, scalars, buffers, key):
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"loaded state of parameter {key!r} is not a dict")
         expected = set(self._state_keys) & set(self._group_state_keys(group))
         allowed = expected | set(self._scalar_state) | ({"step"} if self._step_in_state else set())
         unknown = set(entry) - allowed

@@ -19,8 +19,6 @@ would take the cores numba's threads need. Same algebra and decisions as torch;
 the dot products are float64 sums, so their rounding differs.
 """
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from ._lbfgs_passes import HostPasses, _two_loop
@@ -186,17 +184,9 @@ class LBFGS(Optimizer):
         Gram table of the stored pairs is recomputed from them.
         """
         new_groups, index_of = self._loaded_groups(state_dict)
-        saved = state_dict["state"]
-        if not isinstance(saved, Mapping):
-            raise ValueError("state_dict['state'] must be a dict")
         entry = {}
-        for key, value in saved.items():
-            if key not in index_of:
-                raise ValueError(f"loaded state refers to parameter {key!r}, "
-                                 "which no loaded param group lists")
-            if not isinstance(value, Mapping):
-                raise ValueError(f"loaded state of parameter {key!r} is not a dict")
-            if value and index_of[key] != 0:
+        for i, key, value in self._loaded_entries(state_dict, index_of):
+            if value and i != 0:
                 raise ValueError(f"LBFGS keeps its state under its first parameter; the loaded "
                                  f"state is under parameter {key!r}")
             entry = value

@@ -229,17 +229,9 @@ class Optimizer:
         is untouched. Arrays are copied in.
         """
         new_groups, index_of = self._loaded_groups(state_dict)
-        saved_state = state_dict["state"]
-        if not isinstance(saved_state, Mapping):
-            raise ValueError("state_dict['state'] must be a dict")
         state = {}
-        for key, entry in saved_state.items():
-            if key not in index_of:
-                raise ValueError(f"loaded state refers to parameter {key!r}, "
-                                 "which no loaded param group lists")
-            if not isinstance(entry, Mapping):
-                raise ValueError(f"loaded state of parameter {key!r} is not a dict")
-            state[self.arena.params[index_of[key]]] = {k: _copy_value(v) for k, v in entry.items()}
+        for i, key, entry in self._loaded_entries(state_dict, index_of):
+            state[self.arena.params[i]] = {k: _copy_value(v) for k, v in entry.items()}
         self._python_state.clear()
         self._python_state.update(state)
         self.param_groups[:] = [ParamGroup(g, self._dirty) for g in new_groups]
@@ -289,6 +281,25 @@ class Optimizer:
                 new["param_names"] = group["param_names"]
             new_groups.append(new)
         return new_groups, index_of
+
+    @staticmethod
+    def _loaded_entries(state_dict, index_of):
+        """``(parameter index, saved key, entry)`` of each state a state_dict holds, checked.
+
+        ``index_of`` (from ``_loaded_groups``) maps saved parameter keys to indices.
+        """
+        saved = state_dict["state"]
+        if not isinstance(saved, Mapping):
+            raise ValueError("state_dict['state'] must be a dict")
+        out = []
+        for key, entry in saved.items():
+            if key not in index_of:
+                raise ValueError(f"loaded state refers to parameter {key!r}, "
+                                 "which no loaded param group lists")
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"loaded state of parameter {key!r} is not a dict")
+            out.append((index_of[key], key, entry))
+        return out
 
     _load_defaults = {}
 
