@@ -53,6 +53,10 @@ def _encode(value, where):
         return [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, tuple):
         return {"__tuple__": [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.size <= 64:
+        # a tensor hyperparameter (lr=np.asarray(1e-3)) or a small user state value
+        return {"__ndarray__": [value.dtype.str, list(value.shape),
+                                [_encode(v, where) for v in value.reshape(-1).tolist()]]}
     if isinstance(value, Counter):
         return {"__counter__": [[_encode(k, f"{where} key"), _encode(v, f"{where}[{k!r}]")]
                                 for k, v in value.items()]}
@@ -84,6 +88,9 @@ def _decode(value):
                 return Counter({_decode_key(k): _decode(v) for k, v in inner})
             if tag == "__float__":
                 return float(inner)
+            if tag == "__ndarray__":
+                dtype, shape, data = inner
+                return np.array([_decode(v) for v in data], dtype=np.dtype(dtype)).reshape(shape)
         return {k: _decode(v) for k, v in value.items()}
     return value
 
@@ -118,6 +125,9 @@ def _check_optimizer(optimizer):
     stale = optimizer.arena.stale
     if stale is not None:
         raise RuntimeError(f"{type(optimizer).__name__} can no longer step: {stale}")
+    reconcile = getattr(optimizer, "_reconcile", None)
+    if reconcile is not None:
+        reconcile("be saved")      # groups appended to param_groups are packed, as at step()
 
 
 def save(path, optimizer, scheduler=None):
@@ -146,20 +156,25 @@ def save(path, optimizer, scheduler=None):
     sd = optimizer.state_dict()
     arrays = {"params": arena.data}
     state_keys = []
+    other_state = {}
     for i, entry in sd["state"].items():
+        if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
+            other_state[i] = entry          # torch keeps any key in state (opt.state["x"] = 1)
+            continue
         keys, kinds = [], {}
         for key, value in entry.items():
             member = f"state/{int(i)}/{key}"
-            if isinstance(value, (list, tuple)):
+            if isinstance(value, (list, tuple)) and value and all(
+                    v is None or isinstance(v, np.ndarray) for v in value):
                 # LBFGS's history: a list of arrays (and Nones), one member per array
                 kinds[key] = ["list", len(value), [j for j, v in enumerate(value) if v is None]]
                 for j, v in enumerate(value):
                     if v is not None:
                         arrays[f"{member}/{j}"] = _state_array(v, f"state[{i}][{key!r}][{j}]")
-            elif value is None or isinstance(value, (bool, int, float)):
-                kinds[key] = ["value", _encode(value, f"state[{i}][{key!r}]")]
-            else:
+            elif isinstance(value, np.ndarray):
                 arrays[member] = _state_array(value, f"state[{i}][{key!r}]")
+            else:
+                kinds[key] = ["value", _encode(value, f"state[{i}][{key!r}]")]
             keys.append(key)
         state_keys.append([int(i), keys, kinds])
     groups = []
@@ -175,6 +190,7 @@ def save(path, optimizer, scheduler=None):
         "group_sizes": [int(n) for n in np.diff(arena.group_offsets)],
         "param_groups": groups,
         "state": state_keys,
+        "other_state": _encode(other_state, "state"),
         "scheduler": None if scheduler is None else {
             "class": type(scheduler).__name__,
             "state": _encode(scheduler.state_dict(), "scheduler.state_dict()"),
@@ -370,6 +386,7 @@ def _validate(path, meta, arrays, optimizer, scheduler):
     state = {}
     expected_names = {"params"}
     scalar_keys = {"step"} | set(getattr(optimizer, "_scalar_state", ()))
+    shaped_keys = set(getattr(optimizer, "_state_keys", ()))   # others are the user's own
     # Optimizers whose load_state_dict checks every shape (the built-in ones; Adafactor's
     # and LBFGS's state is not shaped like the parameters) are trusted with it.
     check_shapes = not getattr(optimizer, "_validates_state_shapes", False)
@@ -412,7 +429,8 @@ def _validate(path, meta, arrays, optimizer, scheduler):
             elif kind == ["array"]:
                 # per-parameter scalars (step, NAdam's mu_product, ASGD's eta and mu) are 0-d
                 want = () if key in scalar_keys else tuple(shapes[i])
-                state[i][key] = member_array(member, where, want if check_shapes else None)
+                check = check_shapes and (key in scalar_keys or key in shaped_keys)
+                state[i][key] = member_array(member, where, want if check else None)
             else:
                 raise bad(f"malformed state listing {entry!r}")
     extra = sorted(set(arrays) - expected_names)
@@ -421,6 +439,10 @@ def _validate(path, meta, arrays, optimizer, scheduler):
     groups = [_decode(g) for g in meta.get("param_groups", [])]
     if len(groups) != len(sizes) or not all(isinstance(g, dict) for g in groups):
         raise bad("its param_groups do not match its group sizes")
+    other = _decode(meta.get("other_state", {}))
+    if not isinstance(other, dict) or any(isinstance(k, int) for k in other):
+        raise bad("malformed other_state")
+    state.update(other)
     sd = {"state": state, "param_groups": groups}
 
     saved_sched = meta.get("scheduler")

@@ -106,6 +106,8 @@ class DistributedOptimizer(Optimizer):
     # Not calling Optimizer.__init__ is deliberate: everything is delegated to
     # the wrapped optimizer; the subclassing is what lets learning-rate
     # schedulers (which check isinstance(optimizer, Optimizer)) drive it.
+    _dirty = (False,)    # edits of param_groups reach the wrapped optimizer's own step
+
     def __init__(self, optimizer, comm=None, shard=False, *, cuda_aware=None):
         if isinstance(optimizer, DistributedOptimizer):
             raise TypeError("the optimizer is already a DistributedOptimizer")
@@ -118,6 +120,7 @@ class DistributedOptimizer(Optimizer):
             raise RuntimeError(f"cannot wrap this {type(optimizer).__name__}: it can no longer "
                                f"step ({optimizer.arena.stale})")
         _check_supported(optimizer, shard)
+        self._init_hooks()      # step hooks run around the collective step
         self.optimizer = optimizer
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()

@@ -443,7 +443,7 @@ def test_non_2d_parameters_are_refused_at_construction_and_in_add_param_group():
 def test_without_scipy_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy.linalg.cython_blas", None)
     p = numbaopt.Parameter(np.zeros((2, 3)))
-    with pytest.raises(ImportError, match="SciPy.*pip install 'numbaopt\[muon\]'"):
+    with pytest.raises(ImportError, match=r"SciPy.*pip install 'numbaopt\[muon\]'"):
         Muon([p])
     assert p._arena is None
 
@@ -492,10 +492,10 @@ def test_a_bad_state_dict_changes_nothing():
     before = copy.deepcopy(opt.state_dict())
     bad = [copy.deepcopy(before) for _ in range(5)]
     bad[0]["state"][0]["momentum_buffer"] = np.zeros((3, 4))           # wrong shape
-    bad[1]["state"][1]["step"] = np.array(3.0)                         # torch's Muon has none
+    bad[1]["state"][1]["momentum_buffer"] = np.zeros(3)                 # not the parameter's shape
     bad[2]["param_groups"][1]["ns_steps"] = 200
     bad[3]["param_groups"][0]["adjust_lr_fn"] = "sqrt"
-    del bad[4]["state"][0]["momentum_buffer"]
+    bad[4]["param_groups"][0]["lr"] = -1.0
     for sd in bad:
         with pytest.raises(ValueError):
             opt.load_state_dict(sd)

@@ -187,7 +187,7 @@ def test_add_param_group_keeps_values_grads_and_state(rng):
     b.grad = np.ones(2)
     opt.step()
     assert opt.state[a]["step"] == 2 and opt.state[b]["step"] == 1
-    with pytest.raises(ValueError, match="more than once"):
+    with pytest.raises(ValueError, match="more than one parameter group"):
         opt.add_param_group({"params": [a]})
 
 
@@ -327,11 +327,9 @@ def test_load_step_as_plain_number(rng):
     (lambda sd: sd["param_groups"][0]["params"].pop(), "doesn't match the size"),
     (lambda sd: sd["state"][0].__setitem__("exp_avg", np.ones(5)), "has shape"),
     (lambda sd: sd["state"][0].pop("exp_avg_sq"), "lacks"),
-    (lambda sd: sd["state"][0].__setitem__("momentum_buffer", np.ones(3)), "unexpected keys"),
     (lambda sd: sd["param_groups"][0].__setitem__("lr", -1.0), "Invalid learning rate: -1.0"),
     (lambda sd: sd["param_groups"][0].pop("betas"), "another optimizer"),
     (lambda sd: sd["state"][0].__setitem__("step", -2.0), "'step'"),
-    (lambda sd: sd["state"].__setitem__(9, {}), "parameter 9"),
 ])
 def test_load_state_dict_refusals_leave_optimizer_unchanged(mutate, match, rng):
     p, q = make_params(rng, ((3,), (2,)))
@@ -405,9 +403,10 @@ def test_single_parameter_and_duplicates_and_dtypes(rng):
     a, b = make_params(rng, ((2,), (3,)))
     with pytest.raises(TypeError, match="iterable of Parameters"):
         optim.SGD(a)
-    with pytest.raises(ValueError, match="more than once"):
-        optim.SGD([a, b, a])
-    with pytest.raises(ValueError, match="more than once"):
+    with pytest.warns(UserWarning, match="a parameter group with duplicate parameters"):
+        opt = optim.SGD([a, b, a])          # torch warns; the arena holds each parameter once
+    assert opt.param_groups[0]["params"] == [a, b] and len(opt.arena) == 2
+    with pytest.raises(ValueError, match="more than one parameter group"):
         optim.SGD([{"params": [a]}, {"params": [a]}])
     c = P(np.zeros(2, np.float32))
     with pytest.raises(TypeError, match="share a dtype.*float64.*float32"):

@@ -554,11 +554,12 @@ def test_state_dict_round_trip_and_load_refuses_bad_state():
     snap = _snapshot(opt)
     with pytest.raises(ValueError, match="shape"):
         opt.load_state_dict(bad)
-    bad = copy.deepcopy(sd)
-    bad["state"][0]["max_exp_avg_sq"] = bad["state"][0]["exp_avg"]
-    with pytest.raises(ValueError, match="unexpected keys"):
-        opt.load_state_dict(bad)
     _assert_unchanged(opt, snap)
+    extra = copy.deepcopy(sd)
+    extra["state"][0]["my_key"] = extra["state"][0]["exp_avg"]     # torch keeps any key
+    opt.load_state_dict(extra)
+    np.testing.assert_array_equal(opt.state_dict()["state"][0]["my_key"],
+                                  sd["state"][0]["exp_avg"])
     opt.load_state_dict(sd)
     _assert_unchanged(opt, snap)
 

@@ -47,7 +47,7 @@ from ..kernels.elementwise import _source_hash, bind
 from ..kernels.finite import grads_finite, grads_finite_parallel
 from ..kernels.scalar import lerp, sqrt
 from .arena_optimizer import ArenaOptimizer, _scalar
-from .optimizer import check_flag, check_implementation_flags, check_option
+from .optimizer import _copy_value, check_flag, check_implementation_flags, check_option
 
 __all__ = ["Adafactor"]
 
@@ -202,16 +202,12 @@ class Adafactor(ArenaOptimizer):
             out[name] = self._buffers.piece(name, lo, hi, shape, copy)
         return out
 
-    def load_state_dict(self, state_dict):
-        """Load a state_dict from ``state_dict()`` or from torch.optim (tensors as ``.numpy()``).
-
-        torch's shapes: ``row_var`` ``[..., rows, 1]``, ``col_var`` ``[..., 1, cols]``,
-        ``variance`` the parameter's. Everything is validated before anything changes;
-        on error the optimizer is untouched. Arrays are copied in.
-        """
+    def _load_state_dict(self, state_dict):
+        # torch's shapes: ``row_var`` ``[..., rows, 1]``, ``col_var`` ``[..., 1, cols]``,
+        # ``variance`` the parameter's. Everything is validated before anything changes.
         self._staged = None
         try:
-            super().load_state_dict(state_dict)
+            super()._load_state_dict(state_dict)
             staged = self._staged
         finally:
             self._staged = None
@@ -225,12 +221,16 @@ class Adafactor(ArenaOptimizer):
             raise ValueError(f"loaded state of parameter {key!r} is not a dict")
         pieces = self._layout.pieces(i)
         allowed = {"step"} | set(pieces)
-        unknown = set(entry) - allowed
+        unknown = (set(entry) & {"row_var", "col_var", "variance"}) - allowed
         if unknown:
             raise ValueError(
                 f"loaded state of parameter {key!r} has unexpected keys {sorted(unknown)} for "
                 f"Adafactor and a parameter of shape {self.arena.shapes[i]} "
                 f"(expected {sorted(allowed)})")
+        # other keys are kept as the user's own state (torch keeps any key)
+        extra = {k: _copy_value(v) for k, v in entry.items() if k not in allowed}
+        if not allowed & set(entry):
+            return extra
         missing = allowed - set(entry)
         if missing:
             raise ValueError(f"loaded state of parameter {key!r} lacks {sorted(missing)}")
@@ -245,6 +245,7 @@ class Adafactor(ArenaOptimizer):
                 raise ValueError(f"loaded '{name}' of parameter {key!r} has non-real dtype "
                                  f"{value.dtype}")
             self._staged[name][lo:hi] = value.reshape(-1)
+        return extra
 
     def __getstate__(self):
         state = super().__getstate__()

@@ -1,5 +1,9 @@
 """Adam and AdamW (torch.optim.Adam / torch.optim.AdamW)."""
 
+from numbers import Real
+
+import numpy as np
+
 from .elementwise import ElementwiseOptimizer, lerp, maximum, sqrt
 from .optimizer import check_betas, check_flag, check_implementation_flags, check_option
 
@@ -54,6 +58,7 @@ class Adam(ElementwiseOptimizer):
                  skip_nonfinite=False, device="cpu"):
         flags = check_implementation_flags(type(self).__name__, foreach=foreach, fused=fused,
                                            capturable=capturable, differentiable=differentiable)
+        betas = _check_tensor_options(lr, betas, foreach, capturable)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize, **flags,
                         decoupled_weight_decay=decoupled_weight_decay)
@@ -107,6 +112,30 @@ class Adam(ElementwiseOptimizer):
                 max_exp_avg_sq[j] = v
             denom = sqrt(v) / bias_correction2_sqrt + eps
             param[j] = p + neg_step_size * m / denom
+
+
+def _check_tensor_options(lr, betas, foreach, capturable):
+    """torch's Adam rules for array (torch: Tensor) lr and betas; returns betas as a tuple."""
+    if isinstance(lr, np.ndarray):
+        if foreach and not capturable:
+            raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+        if lr.size != 1:
+            raise ValueError("Tensor lr must be 1-element")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair of floats, got {betas!r}")
+    arrays = [isinstance(b, np.ndarray) for b in betas]
+    floats = [isinstance(b, Real) and not isinstance(b, bool) for b in betas]
+    if not (all(floats) or all(arrays)):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for k, beta in enumerate(betas):
+        if arrays[k]:
+            if foreach and not capturable:
+                raise ValueError(f"betas[{k}] as a Tensor is not supported for "
+                                 "capturable=False and foreach=True")
+            if beta.size != 1:
+                raise ValueError(f"Tensor betas[{k}] must be 1-element")
+    # torch's _to_scalar: a 1-element tensor becomes 0-d
+    return tuple(b.reshape(()) if isinstance(b, np.ndarray) else b for b in betas)
 
 
 class AdamW(Adam):

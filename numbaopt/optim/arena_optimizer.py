@@ -10,13 +10,13 @@ is not one elementwise pass (Muon, SparseAdam, Adafactor).
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 
 import numpy as np
 
-from ..parameter import Parameter
+from . import hooks as _hooks
 from . import optimizer as _optimizer
-from .optimizer import Optimizer, ParamGroup, check_group_flags
+from .optimizer import Optimizer, _copy_value, check_group_flags, has_array_value, hyper_float
 
 __all__ = ["ArenaOptimizer"]
 
@@ -70,12 +70,16 @@ class ArenaOptimizer(Optimizer):
         self._sync()
 
     # -- stepping ------------------------------------------------------------------
+    @_hooks.runs_hooks
     def step(self, closure=None):
         """Perform one optimization step over every parameter with a gradient.
 
         ``closure`` (optional) re-evaluates the model and returns the loss; it
         is called once, before the update, and its value is returned.
         """
+        if self._hooks_on:
+            return _hooks.call_with_hooks(ArenaOptimizer.step,
+                                          (self,) if closure is None else (self, closure), {})
         loss = None
         if closure is not None:
             loss = closure()
@@ -90,24 +94,31 @@ class ArenaOptimizer(Optimizer):
         return loss
 
     def _sync(self):
-        """Validate the groups and rebuild the kernel's hyperparameter table and arguments."""
-        arena = self.arena
-        if arena.stale is not None:
-            raise RuntimeError(f"{type(self).__name__} can no longer step: {arena.stale}")
-        if len(self.param_groups) != len(arena.group_offsets) - 1:
-            raise RuntimeError(
-                "param_groups was changed in place; use add_param_group to add parameters")
+        """Validate the groups and rebuild the kernel's hyperparameter table and arguments.
+
+        Runs at the first step after any edit of ``param_groups`` (the containers
+        raise ``_dirty``), and at every step while an option is an ndarray, which
+        may change in place (torch's tensor lr).
+        """
+        self._reconcile()
         rows = []
         needed = set()
+        live = False
         for i, group in enumerate(self.param_groups):
+            missing = [k for k in self.defaults if k not in group]
+            if missing:
+                raise ValueError(
+                    f"param group {i} has no {', '.join(map(repr, missing))}: every group "
+                    f"needs {type(self).__name__}'s options (was it deleted from the group?)")
             check_group_flags(group, type(self).__name__, i)
             self._check_group(group, index=i)
             rows.append(self._hyper_row(group))
             needed.update(self._group_state_keys(group))
+            live = live or has_array_value(group)
         hyper = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
-        arena.ensure_state(k for k in self._state_keys if k in needed)
+        self.arena.ensure_state(k for k in self._state_keys if k in needed)
         self._kernel, self._args, self._finite = self._prepare(hyper)
-        self._dirty[0] = False
+        self._dirty[0] = live
 
     def _prepare(self, hyper):
         """``(kernel, args, finite)``: the step's compiled call, its arguments, and a
@@ -120,9 +131,9 @@ class ArenaOptimizer(Optimizer):
         for name in self.hyperparameters:
             value = group[name]
             if isinstance(value, (tuple, list)):
-                row.extend(float(v) for v in value)
+                row.extend(hyper_float(v) for v in value)
             else:
-                row.append(float(value))
+                row.append(hyper_float(value))
         return row
 
     def _group_state_keys(self, group):
@@ -130,9 +141,9 @@ class ArenaOptimizer(Optimizer):
 
     # -- groups --------------------------------------------------------------------
     def _before_add_group(self):
-        # Validate pending edits of existing groups before the arena grows.
-        for i, group in enumerate(self.param_groups):
-            self._check_group(group, index=i)
+        # Validate pending edits of the packed groups before the arena grows.
+        for i in range(len(self.arena.group_offsets) - 1):
+            self._check_group(self.param_groups[i], index=i)
 
     def _after_add_group(self, first):
         self.arena.ensure_scalars(len(self._scalar_state))
@@ -163,33 +174,86 @@ class ArenaOptimizer(Optimizer):
                 out[key] = arena.param_to_host(buf, i) if copy else arena.view(buf, i)
         return out or None
 
-    @property
-    def state(self):
-        """Per-parameter state: ``opt.state[p]`` is a dict of live views (torch's ``state``)."""
-        return _StateView(self)
+    def _param_entry(self, p):
+        return _ParamState(self, p)
 
-    def state_dict(self):
-        """The optimizer's state in torch's format; every array is a copy.
+    def _has_entry(self, p):
+        return bool(self._live_entry(p._index)) or bool(self._user_state.get(p))
 
-        ``{"state": {index: {"step": ..., "exp_avg": ...}}, "param_groups": [{..., "params": [indices]}]}``
-        """
+    def _live_entry(self, i):
+        arena = self.arena
+        return self._param_state(i, self.param_groups[arena.param_group[i]], False,
+                                 arena.step_counts(), arena.scalar_values()) or {}
+
+    def _arena_keys(self):
+        return set(self._state_keys) | set(self._scalar_state) | (
+            {"step"} if self._step_in_state else set())
+
+    def _set_param_entry(self, p, value):
+        # opt.state[p] = {...}: the user's keys are replaced, the arena's written through
+        live = self._live_entry(p._index)
+        dropped = [k for k in live if k not in value]
+        if dropped:
+            raise ValueError(
+                f"cannot drop {sorted(dropped)} from the state of a {type(self).__name__} "
+                "parameter: it lives in the arena. Set entries (opt.state[p][key] = value) or "
+                "load a state_dict")
+        arena_values = {k: v for k, v in value.items() if k in live}
+        for key, v in arena_values.items():
+            self._check_entry(p._index, key, v, live[key])
+        for key, v in arena_values.items():
+            self._write_entry(p._index, key, v, live[key])
+        self._user_state[p] = {k: v for k, v in value.items() if k not in live}
+
+    def _check_entry(self, i, key, value, view):
+        shape = () if key == "step" or key in self._scalar_state else view.shape
+        array = np.asarray(value)
+        if array.shape != shape or array.dtype.kind not in "iuf" or \
+                not np.isfinite(array).all() or (key == "step" and float(array) < 0):
+            raise ValueError(f"state '{key}' of parameter {i} must be a finite real "
+                             f"{'number' if shape == () else 'array of shape ' + str(shape)}, "
+                             f"got {value!r}")
+
+    def _write_entry(self, i, key, value, view):
+        arena = self.arena
+        if key == "step":
+            steps = arena.step_counts().copy()
+            steps[i] = float(np.asarray(value))
+            self._write_steps(steps)
+        elif key in self._scalar_state:
+            k = self._scalar_state.index(key)
+            if isinstance(arena.scalars, np.ndarray):
+                arena.scalars[i, k] = float(np.asarray(value))
+            else:
+                scalars = np.array(arena.scalar_values(), dtype=np.float64)
+                scalars[i, k] = float(np.asarray(value))
+                arena.scalars = arena._adopt_scalars(scalars)
+                self._dirty[0] = True     # the kernel arguments hold the scalar table
+        elif isinstance(view, np.ndarray):
+            np.copyto(view, np.asarray(value), casting="unsafe")
+        else:
+            arena._copy_into(view, np.asarray(value, dtype=arena.dtype))
+
+    def _write_steps(self, steps):
+        arena = self.arena
+        if isinstance(arena.step, np.ndarray):
+            arena.step[:] = steps
+        else:
+            arena.step.copy_to_device(steps)
+
+    def _saved_entries(self):
         arena = self.arena
         steps = arena.step_counts()
         scalars = arena.scalar_values()
-        state = {}
-        for i in range(len(arena)):
+        out = []
+        for i, p in enumerate(arena.params):
             entry = self._param_state(i, self.param_groups[arena.param_group[i]], True, steps,
-                                      scalars)
-            if entry is not None:
-                state[i] = entry
-        return {"state": state, "param_groups": self._packed_groups()}
+                                      scalars) or {}
+            entry.update(_copied(self._user_state.get(p, {})))
+            out.append(entry)
+        return out
 
-    def load_state_dict(self, state_dict):
-        """Load a state_dict from ``state_dict()`` or from torch.optim (tensors as ``.numpy()``).
-
-        Everything is validated before anything changes; on error the optimizer
-        is untouched. Arrays are copied in.
-        """
+    def _load_state_dict(self, state_dict):
         new_groups, index_of = self._loaded_groups(state_dict)
         arena = self.arena
         # Build the new state in fresh buffers; commit only when all of it is valid.
@@ -200,25 +264,40 @@ class ArenaOptimizer(Optimizer):
             needed.update(self._group_state_keys(new))
         buffers = {k: np.zeros(arena.size, arena.dtype) for k in self._state_keys if k in needed}
         self._fresh_state(buffers, new_groups)
-        for i, key, entry in self._loaded_entries(state_dict, index_of):
-            self._load_param_state(i, entry, new_groups[arena.param_group[i]], step, scalars,
-                                   buffers, key)
+        entries, others = self._loaded_entries(state_dict, index_of)
+        user = dict(others)
+        for i, key, entry in entries:
+            extra = self._load_param_state(i, entry, new_groups[arena.param_group[i]], step,
+                                           scalars, buffers, key)
+            if extra:
+                user[arena.params[i]] = extra
 
         arena.load(step, buffers, scalars)
-        self.param_groups[:] = [ParamGroup(g, self._dirty) for g in new_groups]
+        self._user_state.clear()
+        self._user_state.update(user)
+        self._set_groups(new_groups)
         self._sync()
 
     def _fresh_state(self, buffers, groups):
         """Fill ``buffers`` with the state of parameters that have none saved (zeros by default)."""
 
     def _load_param_state(self, i, entry, group, step, scalars, buffers, key):
+        """Check parameter ``i``'s saved entry and stage it; returns its other keys (copied).
+
+        Keys the optimizer does not keep in the arena are kept as they are (torch
+        keeps any key). An entry with none of the arena's keys is a parameter that
+        has not stepped yet.
+        """
         expected = set(self._state_keys) & set(self._group_state_keys(group))
         allowed = expected | set(self._scalar_state) | ({"step"} if self._step_in_state else set())
-        unknown = set(entry) - allowed
+        unknown = (set(entry) & set(self._state_keys)) - expected
         if unknown:
             raise ValueError(
                 f"loaded state of parameter {key!r} has unexpected keys {sorted(unknown)} for "
                 f"{type(self).__name__} with these options (expected {sorted(allowed)})")
+        extra = {k: _copy_value(v) for k, v in entry.items() if k not in allowed}
+        if not (allowed & set(entry)) and not self._state_from_start:
+            return extra
         missing = allowed - set(entry)
         if missing:
             raise ValueError(f"loaded state of parameter {key!r} lacks {sorted(missing)}")
@@ -239,14 +318,16 @@ class ArenaOptimizer(Optimizer):
             if value.dtype.kind not in "iuf":
                 raise ValueError(f"loaded '{k}' of parameter {key!r} has non-real dtype {value.dtype}")
             buffers[k][lo:hi] = value.reshape(-1)
+        return extra
 
     # -- misc ----------------------------------------------------------------------
     def __getstate__(self):
         # The kernel arguments alias the arena; they are rebuilt after unpickling.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_args", "_kernel", "_finite")}
+        return {k: v for k, v in super().__getstate__().items()
+                if k not in ("_args", "_kernel", "_finite")}
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        super().__setstate__(state)
         self._sync()
 
 
@@ -260,41 +341,55 @@ def _scalar(value, key, name, non_negative=False):
     return float(s)
 
 
-class _StateView(Mapping):
-    """``opt.state``: maps each Parameter with state to a dict of live views."""
+def _copied(entry):
+    return {k: _copy_value(v) for k, v in entry.items()}
 
-    def __init__(self, optimizer):
+
+class _ParamState(MutableMapping):
+    """``opt.state[p]``: the arena's entries (live views; ``step`` as torch's float32) and
+    any key the user added, which is kept and saved. Writing an arena entry copies into it."""
+
+    def __init__(self, optimizer, p):
         self._opt = optimizer
+        self._p = p
 
-    def _index(self, p):
-        arena = self._opt.arena
-        if isinstance(p, Parameter) and p._arena is arena:
-            return p._index
-        raise KeyError(p)
+    def _user(self, create=False):
+        store = self._opt._user_state
+        return store.setdefault(self._p, {}) if create else store.get(self._p, {})
 
-    def _entry(self, i, steps, scalars):
+    def __getitem__(self, key):
+        live = self._opt._live_entry(self._p._index)
+        if key in live:
+            value = live[key]
+            return np.array(value, dtype=np.float32) if key == "step" else value
+        return self._user()[key]
+
+    def __setitem__(self, key, value):
         opt = self._opt
-        return opt._param_state(i, opt.param_groups[opt.arena.param_group[i]], False, steps,
-                                scalars)
+        i = self._p._index
+        live = opt._live_entry(i)
+        if key in live:
+            opt._check_entry(i, key, value, live[key])
+            opt._write_entry(i, key, value, live[key])
+        elif key in opt._arena_keys():
+            raise ValueError(f"parameter {i} has no {type(opt).__name__} state yet (it is "
+                             f"created at its first step), so '{key}' cannot be set")
+        else:
+            self._user(create=True)[key] = value
 
-    def __getitem__(self, p):
-        arena = self._opt.arena
-        entry = self._entry(self._index(p), arena.step_counts(), arena.scalar_values())
-        return {} if entry is None else entry
-
-    def __contains__(self, p):
-        try:
-            return bool(self[p])
-        except KeyError:
-            return False
+    def __delitem__(self, key):
+        if key in self._opt._live_entry(self._p._index):
+            raise ValueError(f"cannot delete '{key}': it is {type(self._opt).__name__} state "
+                             "kept in the arena")
+        del self._user()[key]
 
     def __iter__(self):
-        arena = self._opt.arena
-        steps, scalars = arena.step_counts(), arena.scalar_values()
-        for i, p in enumerate(arena.params):
-            if self._entry(i, steps, scalars):
-                yield p
+        live = self._opt._live_entry(self._p._index)
+        yield from live
+        yield from (k for k in list(self._user()) if k not in live)
 
     def __len__(self):
         return sum(1 for _ in self)
 
+    def __repr__(self):
+        return repr(dict(self.items()))

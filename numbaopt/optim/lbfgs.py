@@ -23,7 +23,9 @@ import numpy as np
 
 from ._lbfgs_passes import HostPasses, _two_loop
 from ._line_search import strong_wolfe
-from .optimizer import Optimizer, ParamGroup, _split_groups, is_finite_real
+from types import MappingProxyType
+
+from .optimizer import Optimizer, _split_groups, hyper_float, is_finite_real
 
 __all__ = ["LBFGS"]
 #: Arenas with at least this many elements use the threaded passes.
@@ -89,6 +91,11 @@ class LBFGS(Optimizer):
                         history_size=history_size, line_search_fn=line_search_fn)
         groups = _split_groups(params)
         if len(groups) != 1:
+            # torch checks the groups as add_param_group does before refusing more than one
+            self.defaults = defaults
+            checked = []
+            for group in groups:
+                checked.append(self._checked_new_group(group, checked))
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
         super().__init__(groups, defaults, device=device)
         self._params = self.param_groups[0]["params"]
@@ -146,11 +153,17 @@ class LBFGS(Optimizer):
     def _y(self, slot):
         return self._R[2 + 2 * slot]
 
-    @property
-    def state(self):
-        """torch's view: the optimizer's state is that of its first parameter (copies)."""
-        entry = self._state_entry()
-        return {self._params[0]: entry} if entry else {}
+    # torch's view of ``state``: the optimizer's state is that of its first parameter, read-only
+    # copies here (the history lives in the ring buffers). Other keys work as in torch.
+    def _param_entry(self, p):
+        return MappingProxyType(self._state_entry() if p is self._params[0] else {})
+
+    def _has_entry(self, p):
+        return p is self._params[0] and bool(self._state_entry())
+
+    def _set_param_entry(self, p, value):
+        raise TypeError("LBFGS keeps its state in its own history buffers: opt.state[p] is "
+                        "read-only; load a state_dict to change it")
 
     def _state_entry(self):
         if self._func_evals is None:
@@ -172,26 +185,25 @@ class LBFGS(Optimizer):
             out["al"] = [None if a is None else np.array(a, dtype=T) for a in self._al]
         return out
 
-    def state_dict(self):
-        """torch's format: the whole state under the first parameter's index (copies)."""
-        entry = self._state_entry()
-        return {"state": {0: entry} if entry else {}, "param_groups": self._packed_groups()}
+    def _saved_entries(self):
+        # torch's format: the whole state under the first parameter (copies)
+        return [self._state_entry()] + [{} for _ in self._params[1:]]
 
-    def load_state_dict(self, state_dict):
-        """Load a state_dict from ``state_dict()`` or torch's LBFGS (tensors as ``.numpy()``).
-
-        Validated completely before anything changes; arrays are copied in. The
-        Gram table of the stored pairs is recomputed from them.
-        """
+    def _load_state_dict(self, state_dict):
+        # Validated completely before anything changes; arrays are copied in. The
+        # Gram table of the stored pairs is recomputed from them.
         new_groups, index_of = self._loaded_groups(state_dict)
         entry = {}
-        for i, key, value in self._loaded_entries(state_dict, index_of):
+        entries, others = self._loaded_entries(state_dict, index_of)
+        for i, key, value in entries:
             if value and i != 0:
                 raise ValueError(f"LBFGS keeps its state under its first parameter; the loaded "
                                  f"state is under parameter {key!r}")
             entry = value
         loaded = self._parse_state(entry, new_groups[0])
-        self.param_groups[:] = [ParamGroup(g, self._dirty) for g in new_groups]
+        self._set_groups(new_groups)
+        self._user_state.clear()
+        self._user_state.update(others)
         self._reset_state()
         self.__dict__.update(loaded.pop("attrs"))
         S, Y = loaded["S"], loaded["Y"]
@@ -297,14 +309,16 @@ class LBFGS(Optimizer):
     def add_param_group(self, param_group):
         raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
 
+    def _adopt(self, new_groups, append):
+        raise ValueError("LBFGS doesn't support per-parameter options (parameter groups): "
+                         "param_groups holds more than one group")
+
     def _check_group(self, group, index=None, where="param group"):
         suffix = f" ({where} {index})" if index is not None else ""
         lr = group["lr"]
-        if isinstance(lr, np.ndarray):
-            if lr.size != 1:
-                raise ValueError("Tensor lr must be 1-element")
-            lr = float(lr)
-        if not is_finite_real(lr) or lr < 0:
+        if isinstance(lr, np.ndarray) and lr.size != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not is_finite_real(lr) or hyper_float(lr) < 0:
             raise ValueError(f"Invalid learning rate: {group['lr']!r}{suffix}")
         for key in ("max_iter", "max_eval", "history_size"):
             v = group[key]
@@ -346,7 +360,7 @@ class LBFGS(Optimizer):
         if self._dirty[0] or self.arena.stale is not None:
             self._sync()
         group = self.param_groups[0]
-        lr = float(group["lr"])
+        lr = hyper_float(group["lr"])
         max_iter, max_eval = int(group["max_iter"]), int(group["max_eval"])
         tolerance_grad = float(group["tolerance_grad"])
         tolerance_change = float(group["tolerance_change"])
@@ -489,9 +503,7 @@ class LBFGS(Optimizer):
         return m
 
     def _sync(self):
-        arena = self.arena
-        if arena.stale is not None:
-            raise RuntimeError(f"LBFGS can no longer step: {arena.stale}")
+        self._reconcile()
         if len(self.param_groups) != 1:
             raise RuntimeError(f"Expected exactly one param_group, but got "
                                f"{len(self.param_groups)}")

@@ -7,13 +7,18 @@ which keeps the state in the arena and steps it in one compiled call.
 
 import copy
 import math
-from collections.abc import Mapping
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping, MutableMapping
 from numbers import Real
 
 import numpy as np
 
 from ..arena import check_no_overlap, make_arena
 from ..parameter import Parameter
+from . import hooks as _hooks
+from ._groups import ParamGroup, ParamGroups
+from .hooks import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 #: Arenas with at least this many elements use the parallel (prange) kernel, times the
 #: optimizer's ``_parallel_scale``. Measured on 2 cores (``python -m benchmarks.report
@@ -22,46 +27,9 @@ from ..parameter import Parameter
 PARALLEL_THRESHOLD = 1 << 14
 
 __all__ = ["Optimizer", "ParamGroup", "PARALLEL_THRESHOLD", "check_betas", "check_flag", "check_option",
-           "check_implementation_flags", "check_group_flags"]
-
-
-
-class ParamGroup(dict):
-    """A parameter group: a dict that tells its optimizer when it changes.
-
-    Changing any option (``group["lr"] = 0.1``) makes the optimizer validate
-    and re-read the options at its next ``step()``.
-    """
-
-    __slots__ = ("_dirty",)
-
-    def __init__(self, items, dirty):
-        super().__init__(items)
-        self._dirty = dirty
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        self._dirty[0] = True
-
-    def __delitem__(self, key):
-        super().__delitem__(key)
-        self._dirty[0] = True
-
-    def update(self, *args, **kwargs):
-        super().update(*args, **kwargs)
-        self._dirty[0] = True
-
-    def setdefault(self, key, default=None):
-        self._dirty[0] = True
-        return super().setdefault(key, default)
-
-    def pop(self, key, *default):
-        self._dirty[0] = True
-        return super().pop(key, *default)
-
-    def __reduce__(self):
-        return (ParamGroup, (dict(self), self._dirty))
-
+           "check_implementation_flags", "check_group_flags", "hyper_float", "is_finite_real",
+           "register_optimizer_step_pre_hook",
+           "register_optimizer_step_post_hook"]
 
 class Optimizer:
     """Base class of numbaopt optimizers, with torch.optim.Optimizer's API.
@@ -89,26 +57,45 @@ class Optimizer:
 
     # torch's implementation flags: accepted, stored in the groups, and changing nothing here.
     _implementation_flags = {}
+    # Whether step hooks run (an instance attribute, kept by numbaopt.optim.hooks).
+    _hooks_on = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        step = cls.__dict__.get("step")
+        if step is not None and not getattr(step, "_runs_hooks", False):
+            cls.step = _python_step(step)
 
     def __init__(self, params, defaults, *, device="cpu"):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self._init_hooks()
         self.device = device
-        self.defaults = dict(defaults)
+        self.defaults = {k: tuple(v) if isinstance(v, list) else v for k, v in defaults.items()}
         self._check_group(self.defaults)
         self._dirty = [True]
-        groups = [self._new_group(g) for g in _split_groups(params)]
+        groups = []
+        for g in _split_groups(params):
+            groups.append(self._checked_new_group(g, groups))
         all_params = [p for g in groups for p in g["params"]]
-        _check_unique(all_params)
         dtype = self._arena_dtype(all_params)
         check_no_overlap(all_params)
         for i, g in enumerate(groups):
             self._check_group(g, index=i)
         self.arena = make_arena([g["params"] for g in groups], dtype, device)
         self.arena.owner = type(self).__name__     # named in errors about its parameters
-        self.param_groups = [ParamGroup(g, self._dirty) for g in groups]
-        self._python_state = {}
+        self._param_groups = ParamGroups(groups, self._dirty)
+        self._user_state = {}
         self._after_init()
+
+    def _init_hooks(self):
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        _hooks.track(self)
 
     def _after_init(self):
         """Called at the end of ``__init__`` (the elementwise optimizers build their kernels)."""
@@ -128,32 +115,140 @@ class Optimizer:
         With ``set_to_none=False`` parameters that have no gradient keep none,
         as in torch.
         """
+        if self._dirty[0]:
+            self._reconcile(None)      # groups appended to param_groups are packed first
         if set_to_none:
             self.arena.has_grad.fill(False)
         else:
             self.arena.zero_grad()
 
+    # -- hooks (torch's) ---------------------------------------------------------------
+    def register_step_pre_hook(self, hook):
+        """Register ``hook(optimizer, args, kwargs)``, run before each ``step()``.
+
+        It may return ``(new_args, new_kwargs)`` to replace the step's arguments
+        (``args`` starts with the optimizer). Returns a handle with ``remove()``.
+        """
+        return _hooks._register(self._optimizer_step_pre_hooks, hook,
+                                on_change=lambda: _hooks.refresh(self))
+
+    def register_step_post_hook(self, hook):
+        """Register ``hook(optimizer, args, kwargs)``, run after each ``step()``."""
+        return _hooks._register(self._optimizer_step_post_hooks, hook,
+                                on_change=lambda: _hooks.refresh(self))
+
+    def register_state_dict_pre_hook(self, hook, prepend=False):
+        """Register ``hook(optimizer)``, run before ``state_dict()`` builds the dict."""
+        return _hooks._register(self._optimizer_state_dict_pre_hooks, hook, prepend)
+
+    def register_state_dict_post_hook(self, hook, prepend=False):
+        """Register ``hook(optimizer, state_dict)``; it may edit the dict or return a new one."""
+        return _hooks._register(self._optimizer_state_dict_post_hooks, hook, prepend)
+
+    def register_load_state_dict_pre_hook(self, hook, prepend=False):
+        """Register ``hook(optimizer, state_dict)``, run before loading.
+
+        It gets a shallow copy of the dict given to ``load_state_dict`` and may
+        edit it or return a replacement (for example to remap by ``param_names``).
+        """
+        return _hooks._register(self._optimizer_load_state_dict_pre_hooks, hook, prepend)
+
+    def register_load_state_dict_post_hook(self, hook, prepend=False):
+        """Register ``hook(optimizer)``, run after ``load_state_dict`` has loaded."""
+        return _hooks._register(self._optimizer_load_state_dict_post_hooks, hook, prepend)
+
     # -- groups --------------------------------------------------------------------
+    @property
+    def param_groups(self):
+        """The parameter groups, torch's list of dicts; every edit takes effect at the next step.
+
+        Options change through any route (``group["lr"] = x``, ``group |= {...}``,
+        ``opt.param_groups[i] = {...}``); groups appended to the list are packed
+        into the arena at the next step, as ``add_param_group`` would.
+        """
+        return self._param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups):
+        if isinstance(groups, Mapping) or not hasattr(groups, "__iter__"):
+            raise TypeError("param_groups must be a list of dicts, got "
+                            f"{type(groups).__name__}")
+        self._param_groups = ParamGroups(groups, self._dirty)
+        self._dirty[0] = True
+
     def add_param_group(self, param_group):
         """Add a group of parameters (e.g. layers unfrozen while fine-tuning).
 
         The arena grows to hold them; existing values, gradients and state are kept.
+        Nothing changes unless the group and every pending edit of the others are valid.
         """
         if not isinstance(param_group, Mapping):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
-        group = self._new_group(param_group)
-        old = [p for g in self.param_groups for p in g["params"]]
-        _check_unique(old + group["params"])
-        self._arena_dtype(group["params"], expected=self.arena.dtype)
-        check_no_overlap(old + group["params"])
-        self._check_group(group, index=len(self.param_groups))
+        self._reconcile(None)
+        self._adopt([param_group], append=True)
+
+    def _adopt(self, new_groups, append):
+        """Validate ``new_groups`` (dicts) against the others, then grow the arena with them.
+
+        With ``append`` they are added to ``param_groups``; otherwise they are its last
+        entries already (appended by the user) and are replaced by their completed form.
+        """
+        n = len(self.arena.group_offsets) - 1
+        existing = list(self._param_groups)[:n]
+        checked = []
+        for g, raw in enumerate(new_groups):
+            group = self._checked_new_group(raw, existing + checked)
+            self._arena_dtype(group["params"], expected=self.arena.dtype)
+            check_no_overlap([p for x in existing + checked for p in x["params"]]
+                             + group["params"])
+            self._check_group(group, index=n + g)
+            checked.append(group)
         self._before_add_group()
-        first = len(old)
-        self.arena = make_arena([g["params"] for g in self.param_groups] + [group["params"]],
-                                self.arena.dtype, self.device, previous=self.arena)
-        self.arena.owner = type(self).__name__
-        self.param_groups.append(ParamGroup(group, self._dirty))
-        self._after_add_group(first)
+        for group in checked:
+            first = len(self.arena)
+            groups = [g["params"] for g in self._param_groups][:len(self.arena.group_offsets) - 1]
+            self.arena = make_arena(groups + [group["params"]], self.arena.dtype, self.device,
+                                    previous=self.arena)
+            self.arena.owner = type(self).__name__
+            k = len(self.arena.group_offsets) - 2
+            if append:
+                self._param_groups.append(group)
+            else:
+                self._param_groups[k] = group
+            self._after_add_group(first)
+
+    def _reconcile(self, doing="step"):
+        """Make the arena match ``param_groups`` after edits of the list, or raise why not.
+
+        Groups appended to the list are packed (``_adopt``). Parameters added to or
+        removed from a packed group, and removed or reordered groups, are refused:
+        the arena holds each group's parameters contiguously in order.
+        """
+        arena = self.arena
+        if doing is not None and arena.stale is not None:
+            raise RuntimeError(f"{type(self).__name__} can no longer {doing}: {arena.stale}")
+        groups = self._param_groups
+        offsets = arena.group_offsets
+        n = len(offsets) - 1
+        for g, group in enumerate(list(groups)[:n]):
+            if "params" not in group:
+                raise ValueError(f"param group {g} has no 'params' entry")
+            params = group["params"]
+            expected = arena.params[offsets[g]:offsets[g + 1]]
+            if len(params) != len(expected) or any(a is not b for a, b in zip(params, expected)):
+                raise RuntimeError(
+                    f"the parameters of param group {g} changed after the optimizer packed "
+                    f"them ({len(expected)} packed, {len(params)} in the group now): numbaopt "
+                    "keeps every group's parameters contiguously in its arena. Add parameters "
+                    "with optimizer.add_param_group({'params': [...]}); for other changes build "
+                    "a new optimizer and carry the state over with state_dict()")
+        if len(groups) < n:
+            raise RuntimeError(
+                f"param_groups holds {len(groups)} groups, the optimizer packed {n}: removing a "
+                "group is not supported (its parameters stay in the arena). Build a new "
+                "optimizer over the parameters to train and carry state over with state_dict()")
+        if len(groups) > n:
+            self._adopt(list(groups)[n:], append=False)
 
     def _before_add_group(self):
         """Called by ``add_param_group`` once the new group is valid, before anything changes."""
@@ -161,8 +256,23 @@ class Optimizer:
     def _after_add_group(self, first):
         """Called by ``add_param_group`` after the arena grew; ``first`` is the new group's first index."""
 
+    def _checked_new_group(self, group, others):
+        """``_new_group(group)``, checked against the groups ``others`` as torch's add_param_group."""
+        group = self._new_group(group)
+        for other in others:
+            if ("param_names" in group) != ("param_names" in other):
+                kind = "with names" if "param_names" in group else "without names"
+                raise ValueError("all optimizer param groups should be with/without names. "
+                                 f"cannot add param group {kind} to the optimizer")
+        seen = {id(p) for other in others for p in other["params"]}
+        if any(id(p) in seen for p in group["params"]):
+            raise ValueError("some parameters appear in more than one parameter group")
+        return group
+
     def _new_group(self, group):
         """A plain-dict copy of ``group`` with its params listed and defaults filled in."""
+        if not isinstance(group, Mapping):
+            raise TypeError(f"param_group must be a dict, but got {type(group).__name__}")
         group = dict(group)
         if "params" not in group:
             raise ValueError("a parameter group needs a 'params' entry")
@@ -184,11 +294,26 @@ class Optimizer:
             if len(names) != len(params):
                 raise ValueError("all optimizer params should be with/without names. "
                                  "Some param names are missing")
-            group["param_names"] = names
+        elif "param_names" in group:
+            names = list(group["param_names"])
         for p in params:
             if not isinstance(p, Parameter):
                 raise TypeError("optimizer can only optimize numbaopt.Parameter objects, "
                                 f"but one of the params is {type(p).__module__}.{type(p).__qualname__}")
+        if len({id(p) for p in params}) != len(params):
+            # torch warns and keeps the duplicate (and steps it twice); the arena holds it once
+            warnings.warn("optimizer contains a parameter group with duplicate parameters; "
+                          "in future, this will cause an error; see "
+                          "github.com/pytorch/pytorch/issues/40967 for more information "
+                          "(numbaopt keeps each parameter once)", UserWarning, stacklevel=4)
+            first = {}
+            for k, p in enumerate(params):
+                first.setdefault(id(p), k)
+            keep = sorted(first.values())
+            params = [params[k] for k in keep]
+            names = [names[k] for k in keep] if names else names
+        if names:
+            group["param_names"] = names
         group["params"] = params
         for name, default in self.defaults.items():
             group.setdefault(name, default)
@@ -200,41 +325,106 @@ class Optimizer:
     # -- state (torch's way: a dict per parameter) -----------------------------------
     @property
     def state(self):
-        """Per-parameter state: ``opt.state[p]`` is a dict, created empty on first access."""
-        return _PythonState(self._python_state, self)
+        """Per-parameter state: ``opt.state[p]`` is a dict, created empty on first access.
+
+        Other keys (``opt.state["x"] = 1``) are kept too, and go into ``state_dict()``.
+        """
+        return _State(self)
+
+    def _param_entry(self, p):
+        """``state[p]`` for a parameter of this optimizer (a dict here; arena views in subclasses)."""
+        return self._user_state.setdefault(p, {})
+
+    def _set_param_entry(self, p, value):
+        self._user_state[p] = dict(value)
+
+    def _has_entry(self, p):
+        return bool(self._user_state.get(p))
 
     def state_dict(self):
         """The optimizer's state in torch's format; every array is a copy.
 
-        ``{"state": {index: {...}}, "param_groups": [{..., "params": [indices]}]}``
+        ``{"state": {index: {...}}, "param_groups": [{..., "params": [indices]}]}``.
+        State-dict hooks run before and after, as in torch.
         """
-        index = {id(p): i for i, p in enumerate(self.arena.params)}
-        state = {index[id(p)]: {k: _copy_value(v) for k, v in entry.items()}
-                 for p, entry in self._python_state.items() if id(p) in index and entry}
-        return {"state": dict(sorted(state.items())), "param_groups": self._packed_groups()}
+        for hook in tuple(self._optimizer_state_dict_pre_hooks.values()):
+            hook(self)
+        groups, index = self._packed_groups()
+        state = {}
+        for p, entry in zip(self.arena.params, self._saved_entries()):
+            if entry:
+                if id(p) not in index:
+                    raise ValueError(
+                        f"parameter {p._index} has optimizer state but is in no param group (was a "
+                        "group removed from param_groups?); state_dict() would lose it")
+                state[index[id(p)]] = entry
+        state = dict(sorted(state.items()))
+        for key, value in self._user_state.items():
+            if not isinstance(key, Parameter):
+                state[key] = copy.deepcopy(value)
+        state_dict = {"state": state, "param_groups": groups}
+        for hook in tuple(self._optimizer_state_dict_post_hooks.values()):
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def _saved_entries(self):
+        """Each parameter's state as state_dict() stores it (copies; empty dicts for none)."""
+        return [{k: _copy_value(v) for k, v in self._user_state.get(p, {}).items()}
+                for p in self.arena.params]
 
     def _packed_groups(self):
-        arena = self.arena
+        """torch's packed groups and the ``id(p) -> index`` numbering they use.
+
+        Parameters are numbered in order of first appearance, group by group, as in torch.
+        """
+        index = {}
+        start = 0
         groups = []
-        for g, group in enumerate(self.param_groups):
+        for group in self._param_groups:
             packed = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
-            packed["params"] = list(range(arena.group_offsets[g], arena.group_offsets[g + 1]))
+            params = group.get("params", ())
+            for i, p in enumerate(params, start):
+                index.setdefault(id(p), i)
+            packed["params"] = [index[id(p)] for p in params]
+            start += len(params)
             groups.append(packed)
-        return groups
+        return groups, index
 
     def load_state_dict(self, state_dict):
         """Load a state_dict from ``state_dict()`` or from torch.optim (tensors as ``.numpy()``).
 
         Everything is validated before anything changes; on error the optimizer
-        is untouched. Arrays are copied in.
+        is untouched. Arrays are copied in. Load hooks run as in torch: the
+        pre-hooks get a shallow copy and may return a replacement.
         """
+        if not isinstance(state_dict, Mapping):
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups' entries")
+        state_dict = dict(state_dict)
+        for hook in tuple(self._optimizer_load_state_dict_pre_hooks.values()):
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        self._reconcile("load state")
+        self._load_state_dict(state_dict)
+        for hook in tuple(self._optimizer_load_state_dict_post_hooks.values()):
+            hook(self)
+
+    def _load_state_dict(self, state_dict):
         new_groups, index_of = self._loaded_groups(state_dict)
+        entries, others = self._loaded_entries(state_dict, index_of)
         state = {}
-        for i, key, entry in self._loaded_entries(state_dict, index_of):
+        for i, key, entry in entries:
             state[self.arena.params[i]] = {k: _copy_value(v) for k, v in entry.items()}
-        self._python_state.clear()
-        self._python_state.update(state)
-        self.param_groups[:] = [ParamGroup(g, self._dirty) for g in new_groups]
+        self._user_state.clear()
+        self._user_state.update(state)
+        self._user_state.update(others)
+        self._set_groups(new_groups)
+
+    def _set_groups(self, groups):
+        self._param_groups[:] = groups
+        self._dirty[0] = True
 
     def _loaded_groups(self, state_dict):
         """Validate a state_dict's groups: ``(new group dicts, saved parameter key -> index)``."""
@@ -276,7 +466,7 @@ class Optimizer:
                     f"was it saved from another optimizer than {type(self).__name__}?")
             check_group_flags(new, type(self).__name__, g, "loaded param group")
             self._check_group(new, index=g, where="loaded param group")
-            new["params"] = group["params"]
+            new["params"] = list(group["params"])
             if "param_names" in group and "param_names" not in new:
                 new["param_names"] = group["param_names"]
             new_groups.append(new)
@@ -284,26 +474,37 @@ class Optimizer:
 
     @staticmethod
     def _loaded_entries(state_dict, index_of):
-        """``(parameter index, saved key, entry)`` of each state a state_dict holds, checked.
+        """The state a state_dict holds, checked: ``([(index, saved key, entry)], others)``.
 
-        ``index_of`` (from ``_loaded_groups``) maps saved parameter keys to indices.
+        ``index_of`` (from ``_loaded_groups``) maps saved parameter keys to indices;
+        entries under other keys (torch keeps any key in ``state``) come back in ``others``.
         """
         saved = state_dict["state"]
         if not isinstance(saved, Mapping):
             raise ValueError("state_dict['state'] must be a dict")
         out = []
+        others = {}
         for key, entry in saved.items():
             if key not in index_of:
-                raise ValueError(f"loaded state refers to parameter {key!r}, "
-                                 "which no loaded param group lists")
+                others[key] = copy.deepcopy(entry)
+                continue
             if not isinstance(entry, Mapping):
                 raise ValueError(f"loaded state of parameter {key!r} is not a dict")
             out.append((index_of[key], key, entry))
-        return out
+        return out, others
 
     _load_defaults = {}
 
     # -- misc ----------------------------------------------------------------------
+    def __getstate__(self):
+        # torch drops hooks on pickling (they are often lambdas); so do we
+        return {k: v for k, v in self.__dict__.items()
+                if not k.startswith("_optimizer_") and k != "_hooks_on"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_hooks()
+
     def __repr__(self):
         # torch's format, to the character: a blank line between groups
         out = type(self).__name__ + " ("
@@ -316,23 +517,68 @@ class Optimizer:
         """Raise ``ValueError`` for an invalid group (torch's base class checks nothing)."""
 
 
-class _PythonState(Mapping):
-    """``opt.state`` of a Python-step optimizer: ``state[p]`` is created empty on first access."""
+def _python_step(func):
+    """Wrap a Python ``step`` (a user's subclass): pending group edits, then torch's hooks."""
+    import functools
 
-    def __init__(self, store, optimizer):
-        self._store = store
+    @functools.wraps(func)
+    def step(self, *args, **kwargs):
+        if self._dirty[0]:
+            self._reconcile()      # the compiled-step base re-reads options in its own step
+        if self._hooks_on:
+            return _hooks.call_with_hooks(func, (self,) + args, kwargs)
+        return func(self, *args, **kwargs)
+
+    step._runs_hooks = True
+    return step
+
+
+class _State(MutableMapping):
+    """``opt.state``: ``state[p]`` for each parameter (created on access), and any other key."""
+
+    def __init__(self, optimizer):
         self._opt = optimizer
 
-    def __getitem__(self, p):
-        if not isinstance(p, Parameter) or p._arena is not self._opt.arena:
-            raise KeyError(p)
-        return self._store.setdefault(p, {})
+    def _param(self, key):
+        if isinstance(key, Parameter):
+            if key._arena is not self._opt.arena:
+                raise KeyError(f"{key!r} is not a parameter of this {type(self._opt).__name__}")
+            return True
+        return False
 
-    def __contains__(self, p):
-        return bool(self._store.get(p))
+    def __getitem__(self, key):
+        if self._param(key):
+            return self._opt._param_entry(key)
+        return self._opt._user_state.setdefault(key, {})
+
+    def __setitem__(self, key, value):
+        if self._param(key):
+            if not isinstance(value, Mapping):
+                raise TypeError(f"the state of a parameter must be a dict, got {type(value).__name__}")
+            self._opt._set_param_entry(key, value)
+        else:
+            self._opt._user_state[key] = value
+
+    def __delitem__(self, key):
+        if self._param(key):
+            self._opt._set_param_entry(key, {})
+        else:
+            del self._opt._user_state[key]
+
+    def __contains__(self, key):
+        try:
+            return self._opt._has_entry(key) if self._param(key) else key in self._opt._user_state
+        except KeyError:
+            return False
 
     def __iter__(self):
-        return (p for p, entry in self._store.items() if entry)
+        opt = self._opt
+        for p in opt.arena.params:
+            if opt._has_entry(p):
+                yield p
+        for key in list(opt._user_state):
+            if not isinstance(key, Parameter):
+                yield key
 
     def __len__(self):
         return sum(1 for _ in self)
@@ -349,26 +595,53 @@ def check_option(group, key, message, low=0.0, high=math.inf, high_open=False,
                  index=None, where="param group", low_open=False):
     """Raise torch's ``ValueError(f"{message}: {value}")`` unless ``low <= value <= high``.
 
-    The value must be a finite real number; ``index`` names the group in the message.
+    The value must be a finite real number, or a 1-element real array (torch's
+    tensor hyperparameters, e.g. ``lr=np.asarray(1e-3)``); ``index`` names the
+    group in the message.
     """
     value = group[key]
+    if isinstance(value, np.ndarray) and value.size != 1:
+        raise ValueError(f"Tensor {key} must be 1-element, got an array of shape {value.shape}")
     ok = is_finite_real(value)
     if ok:
+        value = hyper_float(value)
         ok = (low < value if low_open else low <= value) and \
              (value < high if high_open else value <= high)
     if not ok:
         suffix = f" ({where} {index}, '{key}')" if index is not None else ""
-        raise ValueError(f"{message}: {value!r}{suffix}")
+        raise ValueError(f"{message}: {group[key]!r}{suffix}")
+
+
+def hyper_float(value):
+    """A hyperparameter as a float: a number, or the element of a 1-element array."""
+    if isinstance(value, np.ndarray):
+        return float(value.reshape(-1)[0])
+    return float(value)
 
 
 def is_finite_real(value):
-    """Whether ``value`` is a finite real number (not a bool): what a kernel column takes."""
+    """Whether ``value`` is a finite real number (not a bool), or a 1-element real array."""
+    if isinstance(value, np.ndarray):
+        if value.size != 1 or value.dtype.kind not in "iuf":
+            return False
+        return bool(np.isfinite(value).all())
     if not isinstance(value, Real) or isinstance(value, bool):
         return False
     try:
         return math.isfinite(value)
     except OverflowError:        # an int beyond float's range (lr=10**400)
         return False
+
+
+def has_array_value(group):
+    """Whether a group holds an ndarray option (read again at every step: it may change in place)."""
+    for key, value in group.items():
+        if key == "params":
+            continue
+        if isinstance(value, np.ndarray) or (
+                isinstance(value, tuple) and any(isinstance(v, np.ndarray) for v in value)):
+            return True
+    return False
 
 
 def check_betas(group, index=None, where="param group", key="betas", high_open=True,
@@ -423,15 +696,6 @@ def _split_groups(params):
             raise TypeError(f"params mixes dicts and other objects (entry {i} is "
                             f"{type(g).__qualname__})")
     return groups
-
-
-def _check_unique(params):
-    seen = {}
-    for i, p in enumerate(params):
-        j = seen.setdefault(id(p), i)
-        if j != i:
-            raise ValueError("some parameters appear more than once "
-                             f"(parameters {j} and {i} are the same object)")
 
 
 def _common_dtype(params, expected=None):

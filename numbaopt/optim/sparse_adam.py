@@ -15,6 +15,7 @@ from numba import njit, prange
 
 from ..kernels.scalar import sqrt
 from ..sparse import SparseGradStage
+from . import hooks as _hooks
 from .arena_optimizer import ArenaOptimizer
 from .optimizer import check_betas, check_flag, check_option
 
@@ -112,11 +113,6 @@ class SparseAdam(ArenaOptimizer):
         self._work = None
         super()._after_add_group(first)
 
-    def _sync(self):
-        super()._sync()
-        # an ndarray lr may change in place (a scheduler's tensor): re-read it each step
-        self._array_lr = any(isinstance(g["lr"], np.ndarray) for g in self.param_groups)
-
     def _prepare(self, hyper):
         if self.device == "cuda":
             from numba import cuda
@@ -125,6 +121,7 @@ class SparseAdam(ArenaOptimizer):
         return self._step_cpu, (hyper,), self._staged_finite
 
     # -- stepping ------------------------------------------------------------------
+    @_hooks.runs_hooks
     def step(self, closure=None):
         """Perform one optimization step over every parameter with a sparse gradient.
 
@@ -132,10 +129,13 @@ class SparseAdam(ArenaOptimizer):
         called once, before the update. Raises RuntimeError, changing nothing,
         when a parameter has a dense gradient.
         """
+        if self._hooks_on:
+            return _hooks.call_with_hooks(SparseAdam.step,
+                                          (self,) if closure is None else (self, closure), {})
         loss = None
         if closure is not None:
             loss = closure()
-        if self._dirty[0] or self.arena.stale is not None or self._array_lr:
+        if self._dirty[0] or self.arena.stale is not None:
             self._sync()
         if self.arena.has_grad.any():
             raise RuntimeError(_DENSE_GRAD)
