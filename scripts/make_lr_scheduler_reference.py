@@ -11,7 +11,9 @@ live). torch is imported only in :func:`main` and :func:`make_torch_optimizer`.
 
 For every case the file holds, after the constructor and after each of the
 ``steps`` scheduler steps, each param group's ``lr`` and, for the cases that
-cycle it, the momentum (SGD's ``momentum`` or Adam's ``betas[0]``).
+cycle it, the momentum (SGD's ``momentum`` or Adam's ``betas[0]``). The
+``lr_array`` cases hold each group's lr in a 0-d array of that dtype (a tensor
+in torch, an ndarray in numbaopt), which the schedulers write in place.
 """
 
 import json
@@ -85,14 +87,15 @@ EPOCHS = {
 
 # -- the case table ---------------------------------------------------------------------------------
 def _case(name, scheduler, optimizer="sgd", groups=None, group_state=None, metrics=None,
-          epochs=None, momentum=False, closed_form=False):
+          epochs=None, momentum=False, closed_form=False, lr_array=None):
     """One schedule. ``scheduler`` is ``(class name, kwargs)``; ``group_state`` entries are
-    set in the groups after the optimizer is built (keys a resumed scheduler expects)."""
+    set in the groups after the optimizer is built (keys a resumed scheduler expects);
+    ``lr_array`` (a dtype name) holds the groups' lr in 0-d arrays of that dtype."""
     if groups is None:
         groups = SGD_GROUPS if optimizer == "sgd" else ADAM_GROUPS
     return {"name": name, "scheduler": scheduler, "optimizer": optimizer, "groups": groups,
             "group_state": group_state, "metrics": metrics, "epochs": epochs,
-            "momentum": momentum, "closed_form": closed_form}
+            "momentum": momentum, "closed_form": closed_form, "lr_array": lr_array}
 
 
 def _s(name, **kwargs):
@@ -239,6 +242,19 @@ CASES = [
           epochs="jumpy"),
     _case("CosineAnnealingWarmRestarts_mult_jumpy",
           _s("CosineAnnealingWarmRestarts", T_0=2, T_mult=3), epochs="jumpy"),
+    # lr held in a 0-d array (torch: a tensor lr), written in place: float32 rounds each write.
+    _case("StepLR_float32_lr", _s("StepLR", step_size=3, gamma=0.7), lr_array="float32"),
+    _case("CosineAnnealingLR_float32_lr", _s("CosineAnnealingLR", T_max=10, eta_min=0.001),
+          lr_array="float32"),
+    _case("OneCycleLR_float32_lr", _s("OneCycleLR", max_lr=[0.1, 0.05], total_steps=STEPS),
+          momentum=True, lr_array="float32"),
+    _case("ReduceLROnPlateau_float32_lr",
+          _s("ReduceLROnPlateau", factor=0.5, patience=2, min_lr=[0.01, 0.004]),
+          metrics="plateau", lr_array="float32"),
+    _case("SequentialLR_float64_lr",
+          _s("SequentialLR", schedulers=[_s("LinearLR", start_factor=0.1, total_iters=10),
+                                         _s("ExponentialLR", gamma=0.9)], milestones=[10]),
+          lr_array="float64"),
 ]
 
 
@@ -260,7 +276,24 @@ def new_optimizer(case, make_optimizer):
     optimizer = make_optimizer(case["optimizer"], case["groups"])
     for group, extra in zip(optimizer.param_groups, case["group_state"] or ()):
         group.update(extra)
+    if case["lr_array"]:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_array(optimizer, group["lr"], case["lr_array"])
     return optimizer
+
+
+def lr_array(optimizer, value, dtype):
+    """``value`` in a 0-d array of ``dtype``: a tensor for a torch optimizer, else an ndarray."""
+    if type(optimizer).__module__.startswith("torch"):
+        import torch
+        return torch.tensor(value, dtype=getattr(torch, dtype))
+    import numpy as np
+    return np.asarray(value, dtype=dtype)
+
+
+def number(value):
+    """A Python int or float as it is; a 0-d array's value as a float."""
+    return value if isinstance(value, (int, float)) else float(value)
 
 
 def momenta(optimizer):
@@ -282,9 +315,9 @@ def run_case(case, lr_scheduler, make_optimizer, steps=STEPS, resume_at=None):
     out = {"lr": [], "last_lr": [], "momentum": []}
 
     def record():
-        out["lr"].append([group["lr"] for group in optimizer.param_groups])
-        out["last_lr"].append(list(scheduler.get_last_lr()))
-        out["momentum"].append(momenta(optimizer))
+        out["lr"].append([number(group["lr"]) for group in optimizer.param_groups])
+        out["last_lr"].append([number(lr) for lr in scheduler.get_last_lr()])
+        out["momentum"].append([number(m) for m in momenta(optimizer)])
 
     record()
     with warnings.catch_warnings():

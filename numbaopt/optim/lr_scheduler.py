@@ -2,10 +2,13 @@
 
 Every scheduler here computes the same learning-rate (and momentum) sequence as
 its torch namesake, with the same constructor signature and defaults, the same
-``state_dict()`` keys and the same warnings. Schedulers only write plain Python
-floats into ``optimizer.param_groups``; the optimizer reads them at its next
-``step()``. Learning rates held as tensors are not supported (there are none in
-numbaopt).
+``state_dict()`` keys and the same warnings. Schedulers write the new values into
+``optimizer.param_groups``; the optimizer reads them at its next ``step()``. A
+learning rate held as a 0-d ``numpy.ndarray`` (numbaopt's counterpart of torch's
+tensor lr) is written in place, as torch ``fill_``s a tensor one, and copied
+wherever torch clones one (``initial_lr``, ``base_lrs``, ``get_last_lr()``, the
+``max_lr`` & co. given to CyclicLR and OneCycleLR); any other lr stays a Python
+number.
 
 Where torch is silent or fails late (a ``ZeroDivisionError`` some steps in),
 the constructors here raise a ``ValueError`` or ``TypeError`` up front instead.
@@ -22,6 +25,8 @@ from bisect import bisect_right
 from collections import Counter
 from functools import partial, wraps
 from weakref import ref
+
+import numpy as np
 
 from .optimizer import Optimizer
 
@@ -102,7 +107,12 @@ def _check_gamma(value):
         raise ValueError(f"Expected positive gamma, but got {value!r}")
 
 
-# -- param_group helpers (floats only: no tensor cloning as in torch) -----------------------------
+# -- param_group helpers ----------------------------------------------------------------------------
+def _copy_value(value):
+    """A copy of an ndarray value (torch clones a tensor one, so no two holders alias); else itself."""
+    return value.copy() if isinstance(value, np.ndarray) else value
+
+
 def _format_param(name, optimizer, param):
     """Return one value of ``param`` per param group (a list or tuple is checked, a scalar repeated)."""
     if isinstance(param, (list, tuple)):
@@ -111,16 +121,36 @@ def _format_param(name, optimizer, param):
                 f"{name} must have the same length as optimizer.param_groups. "
                 f"{name} has {len(param)} values, param_groups has {len(optimizer.param_groups)}."
             )
-        return list(param)
-    return [param] * len(optimizer.param_groups)
+    else:
+        param = [param] * len(optimizer.param_groups)
+    return [_copy_value(value) for value in param]
 
 
 def _param_groups_val_list(optimizer, key):
-    return [group[key] for group in optimizer.param_groups]
+    """``group[key]`` of every group, ndarrays copied (a KeyError where a group lacks ``key``)."""
+    return [_copy_value(group[key]) for group in optimizer.param_groups]
 
 
 def _update_param_group_val(param_group, key, val):
-    param_group[key] = val
+    """Set ``param_group[key]`` to ``val``: in place into an ndarray, as torch ``fill_``s a tensor lr.
+
+    Any other current value is replaced, by a Python float where ``val`` is a NumPy value:
+    storing the array itself would alias it (torch does, with a tensor ``base_lr`` for a
+    float lr in CyclicLR, whose ``base_lrs`` then follow the lr and stop the cycle), and a
+    group that held a Python number keeps one.
+    """
+    current = param_group[key]
+    if isinstance(current, np.ndarray):
+        if isinstance(val, np.ndarray) and val.ndim:
+            val = val.squeeze()          # torch's _to_scalar: a 1-element value fills it too
+        current[...] = val
+        # The write bypasses the group's __setitem__: store the same array again so the
+        # optimizer learns that the group changed.
+        param_group[key] = current
+    elif isinstance(val, (np.ndarray, np.generic)):
+        param_group[key] = float(val)
+    else:
+        param_group[key] = val
 
 
 def _set_momentum(group, momentum, use_beta1):
@@ -130,11 +160,13 @@ def _set_momentum(group, momentum, use_beta1):
         group["momentum"] = momentum
 
 
-def _state_without(scheduler, excluded):
+def _state_without(scheduler, excluded, shared=()):
     # A deep copy, so the dict shares no memory with the scheduler (torch hands out
-    # its live lists); the values are plain floats, ints, strings and lists.
-    return copy.deepcopy(
-        {key: value for key, value in scheduler.__dict__.items() if key not in excluded})
+    # its live lists); the values are plain floats, ints, strings, lists and ndarrays.
+    # The ``shared`` ones (functions) are handed out as they are: a deep copy of a bound
+    # method would copy the object it is bound to.
+    return {key: value if key in shared else copy.deepcopy(value)
+            for key, value in scheduler.__dict__.items() if key not in excluded}
 
 
 def _callables_state(fns):
@@ -169,7 +201,7 @@ class LRScheduler:
 
         if last_epoch == -1:
             for group in optimizer.param_groups:
-                group.setdefault("initial_lr", group["lr"])
+                group.setdefault("initial_lr", _copy_value(group["lr"]))
         else:
             for i, group in enumerate(optimizer.param_groups):
                 if "initial_lr" not in group:
@@ -1345,12 +1377,32 @@ class OneCycleLR(LRScheduler):
 
         super().__init__(optimizer, last_epoch)
 
-    def _anneal_func(self, start, end, pct):
-        if self._anneal_func_type == "cos":
-            return self._annealing_cos(start, end, pct)
-        elif self._anneal_func_type == "linear":
-            return self._annealing_linear(start, end, pct)
-        raise ValueError(f"Unknown _anneal_func_type: {self._anneal_func_type}")
+    def _anneal_func(self, *args, **kwargs):
+        if hasattr(self, "_anneal_func_type"):
+            if self._anneal_func_type == "cos":
+                return self._annealing_cos(*args, **kwargs)
+            elif self._anneal_func_type == "linear":
+                return self._annealing_linear(*args, **kwargs)
+            raise ValueError(f"Unknown _anneal_func_type: {self._anneal_func_type}")
+        # A scheduler restored from older torch, which kept the function itself in
+        # `anneal_func` (and saved it in state_dict) instead of `_anneal_func_type`.
+        return self.anneal_func(*args, **kwargs)
+
+    def state_dict(self):
+        """Return the scheduler's state; a legacy ``anneal_func`` is handed out as it is."""
+        return _state_without(self, ("optimizer",), shared=("anneal_func",))
+
+    def load_state_dict(self, state_dict):
+        """Load a state returned by :meth:`state_dict`, also one saved by older torch.
+
+        Older torch saved the annealing function in ``anneal_func`` and no
+        ``_anneal_func_type``; as in torch, that function is kept (not copied) and
+        used only where the scheduler has no ``_anneal_func_type`` of its own.
+        """
+        state = {key: value for key, value in state_dict.items() if key != "anneal_func"}
+        super().load_state_dict(state)
+        if "anneal_func" in state_dict:
+            self.anneal_func = state_dict["anneal_func"]
 
     @staticmethod
     def _annealing_cos(start, end, pct):
