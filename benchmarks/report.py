@@ -348,6 +348,10 @@ def section_overhead(args):
         nb = build("numbaopt", opt, "float32", size)
         o = nb.handle
         steps = {"opt.step()": nb.step}
+        if hasattr(o, "register_step_pre_hook"):
+            hooked = build("numbaopt", opt, "float32", size)
+            hooked.handle.register_step_pre_hook(lambda optimizer, args, kwargs: None)
+            steps["opt.step() with a no-op step pre-hook"] = hooked.step
         kernel, kargs = getattr(o, "_kernel", None), getattr(o, "_args", None)
         if kernel is not None and kargs is not None:
             steps["kernel(*args) via the dispatcher"] = lambda: kernel(*kargs)
