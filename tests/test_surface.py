@@ -547,8 +547,11 @@ def test_state_step_has_torchs_dtype_and_arena_entries_write_through():
 
 
 # -- tensor hyperparameters -------------------------------------------------------------------
-@pytest.mark.parametrize("name", ELEMENTWISE)
+@pytest.mark.parametrize("name", ELEMENTWISE + ["Adafactor", "Muon"])
 def test_a_0d_array_lr_steps_like_its_float_and_in_place_changes_take_effect(name):
+    if name == "Muon":
+        pytest.importorskip("scipy")
+
     def run(lr, change):
         params = _params(name, np.float64)
         opt = getattr(optim, name)(params, lr=lr)

@@ -47,7 +47,7 @@ from ..kernels.elementwise import _source_hash, bind
 from ..kernels.finite import grads_finite, grads_finite_parallel
 from ..kernels.scalar import lerp, sqrt
 from .arena_optimizer import ArenaOptimizer, _scalar
-from .optimizer import _copy_value, check_flag, check_implementation_flags, check_option
+from .optimizer import _copy_value, check_flag, check_implementation_flags, check_option, hyper_float
 
 __all__ = ["Adafactor"]
 
@@ -163,8 +163,9 @@ class Adafactor(ArenaOptimizer):
         eps1, eps2 = group["eps"]
         if eps1 is None:   # torch: torch.finfo(param.dtype).eps
             eps1 = float(np.finfo(self.arena.dtype).eps)
-        return [float(group["lr"]), float(group["beta2_decay"]), float(eps1), float(eps2),
-                float(group["d"]), float(group["weight_decay"]), float(bool(group["maximize"]))]
+        return [hyper_float(group["lr"]), float(group["beta2_decay"]), float(eps1), float(eps2),
+                float(group["d"]), hyper_float(group["weight_decay"]),
+                float(bool(group["maximize"]))]
 
     # -- the buffers and tables ----------------------------------------------------------
     def _init_state(self, first):

@@ -180,6 +180,13 @@ class ArenaOptimizer(Optimizer):
     def _has_entry(self, p):
         return bool(self._live_entry(p._index)) or bool(self._user_state.get(p))
 
+    def _params_with_state(self):
+        arena = self.arena
+        steps, scalars = arena.step_counts(), arena.scalar_values()   # one copy for all
+        return [p for i, p in enumerate(arena.params)
+                if self._param_state(i, self.param_groups[arena.param_group[i]], False, steps,
+                                     scalars) or self._user_state.get(p)]
+
     def _live_entry(self, i):
         arena = self.arena
         return self._param_state(i, self.param_groups[arena.param_group[i]], False,

@@ -14,7 +14,7 @@ from numba import njit
 
 from ..kernels.finite import grads_finite
 from .arena_optimizer import ArenaOptimizer
-from .optimizer import check_flag, check_option, is_finite_real
+from .optimizer import check_flag, check_option, hyper_float, is_finite_real
 
 __all__ = ["Muon"]
 
@@ -179,8 +179,8 @@ class Muon(ArenaOptimizer):
 
     def _hyper_row(self, group):
         a, b, c = group["ns_coefficients"]
-        return [float(group["lr"]), float(group["weight_decay"]), float(group["momentum"]),
-                float(bool(group["nesterov"])), float(a), float(b), float(c),
+        return [hyper_float(group["lr"]), hyper_float(group["weight_decay"]),
+                float(group["momentum"]), float(bool(group["nesterov"])), float(a), float(b), float(c),
                 float(group["eps"]), float(int(group["ns_steps"])),
                 float(group["adjust_lr_fn"] == "match_rms_adamw")]
 

@@ -341,6 +341,9 @@ class Optimizer:
     def _has_entry(self, p):
         return bool(self._user_state.get(p))
 
+    def _params_with_state(self):
+        return [p for p in self.arena.params if self._has_entry(p)]
+
     def state_dict(self):
         """The optimizer's state in torch's format; every array is a copy.
 
@@ -573,9 +576,7 @@ class _State(MutableMapping):
 
     def __iter__(self):
         opt = self._opt
-        for p in opt.arena.params:
-            if opt._has_entry(p):
-                yield p
+        yield from opt._params_with_state()
         for key in list(opt._user_state):
             if not isinstance(key, Parameter):
                 yield key
