@@ -478,6 +478,13 @@ def test_add_param_group_changes_nothing_when_a_pending_edit_is_invalid():
         opt.add_param_group({"params": [new]})
     assert opt.arena is arena and new._arena is None and len(opt.param_groups) == 2
     opt.param_groups[0]["lr"] = 0.01
+    opt.param_groups[1]["differentiable"] = True      # checked as the next step would
+    with pytest.raises(ValueError, match="differentiable"):
+        opt.add_param_group({"params": [new]})
+    with pytest.raises(ValueError, match="differentiable"):
+        opt.add_param_group({"params": [new], "differentiable": True})
+    assert opt.arena is arena and new._arena is None
+    opt.param_groups[1]["differentiable"] = False
     opt.add_param_group({"params": [new]})           # the retry works
     assert new._arena is opt.arena and len(opt.param_groups) == 3
 

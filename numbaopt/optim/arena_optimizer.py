@@ -101,10 +101,18 @@ class ArenaOptimizer(Optimizer):
         may change in place (torch's tensor lr).
         """
         self._reconcile()
+        rows, needed, live = self._checked_rows(self.param_groups)
+        hyper = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+        self.arena.ensure_state(k for k in self._state_keys if k in needed)
+        self._kernel, self._args, self._finite = self._prepare(hyper)
+        self._dirty[0] = live
+
+    def _checked_rows(self, groups):
+        """Validate ``groups``: ``(kernel rows, state keys they need, any ndarray option)``."""
         rows = []
         needed = set()
         live = False
-        for i, group in enumerate(self.param_groups):
+        for i, group in enumerate(groups):
             missing = [k for k in self.defaults if k not in group]
             if missing:
                 raise ValueError(
@@ -115,10 +123,7 @@ class ArenaOptimizer(Optimizer):
             rows.append(self._hyper_row(group))
             needed.update(self._group_state_keys(group))
             live = live or has_array_value(group)
-        hyper = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
-        self.arena.ensure_state(k for k in self._state_keys if k in needed)
-        self._kernel, self._args, self._finite = self._prepare(hyper)
-        self._dirty[0] = live
+        return rows, needed, live
 
     def _prepare(self, hyper):
         """``(kernel, args, finite)``: the step's compiled call, its arguments, and a
@@ -140,10 +145,9 @@ class ArenaOptimizer(Optimizer):
         return self._state_keys
 
     # -- groups --------------------------------------------------------------------
-    def _before_add_group(self):
-        # Validate pending edits of the packed groups before the arena grows.
-        for i in range(len(self.arena.group_offsets) - 1):
-            self._check_group(self.param_groups[i], index=i)
+    def _before_add_group(self, groups):
+        # Everything the step after growing will check, checked before the arena grows.
+        self._checked_rows(groups)
 
     def _after_add_group(self, first):
         self.arena.ensure_scalars(len(self._scalar_state))

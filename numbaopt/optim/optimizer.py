@@ -203,7 +203,7 @@ class Optimizer:
                              + group["params"])
             self._check_group(group, index=n + g)
             checked.append(group)
-        self._before_add_group()
+        self._before_add_group(existing + checked)
         for group in checked:
             first = len(self.arena)
             groups = [g["params"] for g in self._param_groups][:len(self.arena.group_offsets) - 1]
@@ -250,8 +250,9 @@ class Optimizer:
         if len(groups) > n:
             self._adopt(list(groups)[n:], append=False)
 
-    def _before_add_group(self):
-        """Called by ``add_param_group`` once the new group is valid, before anything changes."""
+    def _before_add_group(self, groups):
+        """Called with every group (packed and new) once the new ones are valid, before
+        anything changes: raise here to refuse."""
 
     def _after_add_group(self, first):
         """Called by ``add_param_group`` after the arena grew; ``first`` is the new group's first index."""
