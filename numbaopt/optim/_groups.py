@@ -21,7 +21,29 @@ refuse with a message) is decided at the next ``step()``, as in torch.
 import copy
 from collections.abc import Mapping, MutableMapping
 
-__all__ = ["ParamGroup", "ParamList", "ParamGroups"]
+__all__ = ["ParamGroup", "ParamList", "ParamGroups", "DirtyFlag"]
+
+
+class DirtyFlag(list):
+    """The optimizer's one-element "groups changed" flag, mirrored into ``flags[0]``.
+
+    Python reads ``flag[0]`` at list speed; compiled code (``numbaopt.compiled``)
+    reads the int64 table ``flags``, which every write here keeps in step.
+    """
+
+    __slots__ = ("flags",)
+
+    def __init__(self, flags, value=True):
+        super().__init__([bool(value)])
+        self.flags = flags
+        flags[0] = bool(value)
+
+    def __setitem__(self, index, value):
+        list.__setitem__(self, index, bool(value))
+        self.flags[0] = bool(value)
+
+    def __reduce__(self):
+        return (DirtyFlag, (self.flags, self[0]))
 
 
 def _stored(key, value, dirty):

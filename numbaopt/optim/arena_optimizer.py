@@ -20,6 +20,10 @@ from .optimizer import Optimizer, _copy_value, check_group_flags, has_array_valu
 
 __all__ = ["ArenaOptimizer"]
 
+# the flags table (numbaopt.compiled): skip_nonfinite, found_nonfinite, skipped steps,
+# lr written by compiled code
+_FLAG_SKIP, _FLAG_FOUND, _FLAG_SKIPPED, _FLAG_LR_WRITTEN = 1, 2, 3, 4
+
 
 class ArenaOptimizer(Optimizer):
     """An optimizer with its state in the arena and a step that is one compiled call.
@@ -57,10 +61,40 @@ class ArenaOptimizer(Optimizer):
     def __init__(self, params, defaults, *, skip_nonfinite=False, device="cpu"):
         if not isinstance(skip_nonfinite, (bool, np.bool_)):
             raise ValueError(f"'skip_nonfinite' must be True or False, got {skip_nonfinite!r}")
-        self.skip_nonfinite = bool(skip_nonfinite)
-        self.found_nonfinite = False
-        self.skipped_steps = 0
+        self._skip_nonfinite = bool(skip_nonfinite)
+        self._hyper = None
         super().__init__(params, defaults, device=device)
+        self._flags[_FLAG_SKIP] = self._skip_nonfinite
+
+    # skip_nonfinite, found_nonfinite and skipped_steps live in the flags table that
+    # compiled code (numbaopt.compiled) shares; skip_nonfinite is also a plain attribute,
+    # read by every step()
+    @property
+    def skip_nonfinite(self):
+        return self._skip_nonfinite
+
+    @skip_nonfinite.setter
+    def skip_nonfinite(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"'skip_nonfinite' must be True or False, got {value!r}")
+        self._skip_nonfinite = bool(value)
+        self._flags[_FLAG_SKIP] = bool(value)
+
+    @property
+    def found_nonfinite(self):
+        return bool(self._flags[_FLAG_FOUND])
+
+    @found_nonfinite.setter
+    def found_nonfinite(self, value):
+        self._flags[_FLAG_FOUND] = bool(value)
+
+    @property
+    def skipped_steps(self):
+        return int(self._flags[_FLAG_SKIPPED])
+
+    @skipped_steps.setter
+    def skipped_steps(self, value):
+        self._flags[_FLAG_SKIPPED] = int(value)
 
     def _after_init(self):
         self.arena.ensure_scalars(len(self._scalar_state))
@@ -85,13 +119,59 @@ class ArenaOptimizer(Optimizer):
             loss = closure()
         if self._dirty[0] or self.arena.stale is not None:
             self._sync()
-        if self.skip_nonfinite:
-            self.found_nonfinite = not self._finite()
-            if self.found_nonfinite:
-                self.skipped_steps += 1
+        if self._skip_nonfinite:
+            flags = self._flags
+            flags[_FLAG_FOUND] = found = not self._finite()
+            if found:
+                flags[_FLAG_SKIPPED] += 1
                 return None
         self._kernel(*self._args)
         return loss
+
+    def compiled(self):
+        """The handle that steps this optimizer from ``@njit`` code (``numbaopt.compiled``).
+
+        It shares the arena, the hyperparameter table and the flags with this
+        optimizer: steps taken through it are steps of this optimizer, and edits of
+        ``param_groups`` reach it. Get a new one after ``add_param_group``.
+        """
+        from .. import compiled
+        if self._dirty[0] or self.arena.stale is not None:
+            self._sync()
+        return compiled.make_handle(self)
+
+    @property
+    def param_groups(self):
+        if self._flags[_FLAG_LR_WRITTEN]:
+            self._pull_compiled_lr()
+        return self._param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups):
+        Optimizer.param_groups.fset(self, groups)
+
+    def _pull_compiled_lr(self):
+        """Copy lrs that compiled code set (``numbaopt.compiled.set_lr``) into the groups."""
+        self._flags[_FLAG_LR_WRITTEN] = 0
+        col = self._lr_column
+        for g, group in enumerate(self._param_groups):
+            value = float(self._hyper[g, col])
+            current = group.get("lr")
+            if isinstance(current, np.ndarray):
+                current[...] = value
+            elif current != value:
+                group._data["lr"] = value      # the table holds it already: no re-sync
+
+    @property
+    def _lr_column(self):
+        """The column of ``lr`` in the hyperparameter table."""
+        col = 0
+        for name in self.hyperparameters:
+            if name == "lr":
+                return col
+            value = self.defaults.get(name)
+            col += len(value) if isinstance(value, (tuple, list)) else 1
+        return 0
 
     def _sync(self):
         """Validate the groups and rebuild the kernel's hyperparameter table and arguments.
@@ -100,9 +180,15 @@ class ArenaOptimizer(Optimizer):
         raise ``_dirty``), and at every step while an option is an ndarray, which
         may change in place (torch's tensor lr).
         """
+        if self._flags[_FLAG_LR_WRITTEN]:
+            self._pull_compiled_lr()
         self._reconcile()
-        rows, needed, live = self._checked_rows(self.param_groups)
+        rows, needed, live = self._checked_rows(self._param_groups)
         hyper = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+        if self._hyper is not None and self._hyper.shape == hyper.shape:
+            self._hyper[...] = hyper         # in place: compiled handles hold this table
+            hyper = self._hyper
+        self._hyper = hyper
         self.arena.ensure_state(k for k in self._state_keys if k in needed)
         self._kernel, self._args, self._finite = self._prepare(hyper)
         self._dirty[0] = live

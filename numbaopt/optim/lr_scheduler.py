@@ -252,7 +252,7 @@ class LRScheduler:
         if self._step_count == 1:
             if not hasattr(self.optimizer.step, "_wrapped_by_lr_sched"):
                 warnings.warn(_STEP_OVERRIDDEN_WARNING, UserWarning, stacklevel=2)
-            elif not getattr(self.optimizer, "_opt_called", False):
+            elif not (getattr(self.optimizer, "_opt_called", False) or _compiled_steps(self.optimizer)):
                 warnings.warn(_STEP_ORDER_WARNING, UserWarning, stacklevel=2)
 
         self._step_count += 1
@@ -283,6 +283,12 @@ class LRScheduler:
 
 class _LRScheduler(LRScheduler):
     """Deprecated alias of :class:`LRScheduler`, kept as torch keeps it."""
+
+
+def _compiled_steps(optimizer):
+    """Steps taken from compiled code (numbaopt.compiled), which bypass step()'s wrapper."""
+    flags = getattr(optimizer, "_flags", None)
+    return flags is not None and flags[7] > 0
 
 
 def _patch_track_step_called(optimizer):

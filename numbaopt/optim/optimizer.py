@@ -17,7 +17,7 @@ import numpy as np
 from ..arena import check_no_overlap, make_arena
 from ..parameter import Parameter
 from . import hooks as _hooks
-from ._groups import ParamGroup, ParamGroups
+from ._groups import DirtyFlag, ParamGroup, ParamGroups
 from .hooks import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 #: Arenas with at least this many elements use the parallel (prange) kernel, times the
@@ -73,7 +73,9 @@ class Optimizer:
         self.device = device
         self.defaults = {k: tuple(v) if isinstance(v, list) else v for k, v in defaults.items()}
         self._check_group(self.defaults)
-        self._dirty = [True]
+        # flags shared with compiled code (numbaopt.compiled): [0] mirrors _dirty
+        self._flags = np.zeros(8, dtype=np.int64)
+        self._dirty = DirtyFlag(self._flags)
         groups = []
         for g in _split_groups(params):
             groups.append(self._checked_new_group(g, groups))
@@ -108,6 +110,12 @@ class Optimizer:
             "numbaopt.optim.Optimizer writes step() in Python over self.param_groups and "
             "self.state, as in torch; or subclass numbaopt.optim.ElementwiseOptimizer and "
             "declare coefficients() and update() for the compiled one-call step")
+
+    def compiled(self):
+        """A handle to step this optimizer from ``@njit`` code (``numbaopt.compiled``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be stepped from compiled code: its step is Python "
+            "(numbaopt.compiled steps the optimizers whose step is one compiled kernel)")
 
     def zero_grad(self, set_to_none=True):
         """Reset gradients: to None (default; the step then skips them) or to zeros.

@@ -1,0 +1,186 @@
+"""numbaopt.compiled: the optimizer stepped from @njit code, against the same steps taken
+by opt.step() from Python (bit for bit), with hyperparameters edited on both sides,
+skip_nonfinite, stale handles, and numba's cache across processes."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from numba import njit
+
+import numbaopt
+from numbaopt import compiled, optim
+from numbaopt.optim import lr_scheduler
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SIZES = (7, 0, 12, 1)
+
+
+@njit(cache=True)
+def _train(h, grads, first, n, lr_every):
+    """Steps ``first:first + n``; gradients from ``grads[k]``, the arena's layout."""
+    for k in range(first, first + n):
+        for i in range(compiled.num_params(h)):
+            g = compiled.grad(h, i)
+            lo = h.offsets[i]
+            for j in range(g.shape[0]):
+                g[j] = grads[k, lo + j]
+            if (k + i) % 3 != 0:           # some parameters have no gradient on some steps
+                compiled.mark_grad(h, i)
+        compiled.step(h)
+        compiled.zero_grad(h)
+        if lr_every > 0 and k % lr_every == 0:
+            compiled.set_lr(h, 1, compiled.get_lr(h, 1) * 0.5)
+
+
+def _python(opt, params, grads, first, n, lr_every):
+    offsets = opt.arena.offsets
+    for k in range(first, first + n):
+        for i, p in enumerate(params):
+            if (k + i) % 3 != 0:
+                p.grad = grads[k, offsets[i]:offsets[i + 1]].reshape(p.shape)
+        opt.step()
+        opt.zero_grad()
+        if lr_every > 0 and k % lr_every == 0:
+            opt.param_groups[1]["lr"] = opt.param_groups[1]["lr"] * 0.5
+
+
+def _make(name, dtype, **kwargs):
+    rng = np.random.default_rng(4)
+    params = [numbaopt.Parameter(rng.standard_normal(s).astype(dtype)) for s in SIZES]
+    groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.02}]
+    return params, getattr(optim, name)(groups, lr=0.01, **kwargs)
+
+
+CASES = [("Adam", {}), ("AdamW", dict(amsgrad=True)), ("SGD", dict(momentum=0.9)),
+         ("NAdam", {}), ("ASGD", dict(t0=3)), ("Rprop", {}), ("RMSprop", dict(centered=True))]
+
+
+# every case in float64, and Adam in float32 (each handle type compiles _train once: ~4 s)
+@pytest.mark.parametrize("name, kwargs, dtype",
+                         [(n, k, np.float64) for n, k in CASES] + [("Adam", {}, np.float32)],
+                         ids=[c[0] for c in CASES] + ["Adam-float32"])
+def test_a_compiled_loop_is_bit_for_bit_the_python_loop(name, kwargs, dtype):
+    grads = np.random.default_rng(9).standard_normal((24, sum(SIZES))).astype(dtype)
+    p1, o1 = _make(name, dtype, **kwargs)
+    p2, o2 = _make(name, dtype, **kwargs)
+    sched1 = lr_scheduler.StepLR(o1, step_size=1, gamma=0.9)
+    sched2 = lr_scheduler.StepLR(o2, step_size=1, gamma=0.9)
+    handle = o1.compiled()
+    for epoch in range(3):
+        _train(handle, grads, 8 * epoch, 8, 4)           # one handle across the epochs
+        _python(o2, p2, grads, 8 * epoch, 8, 4)
+        sched1.step()                                      # reaches the compiled step
+        sched2.step()
+        assert o1.param_groups[1]["lr"] == o2.param_groups[1]["lr"]
+    for a, b in zip(p1, p2):
+        np.testing.assert_array_equal(a.data, b.data)
+    s1, s2 = o1.state_dict(), o2.state_dict()
+    assert s1["param_groups"] == s2["param_groups"]
+    for i in s2["state"]:
+        for key in s2["state"][i]:
+            np.testing.assert_array_equal(s1["state"][i][key], s2["state"][i][key])
+    # and Python steps continue exactly
+    for p, q in zip(p1, p2):
+        p.grad = q.grad = np.ones(p.shape, dtype)
+    o1.step()
+    o2.step()
+    for a, b in zip(p1, p2):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_set_lr_from_compiled_code_shows_in_param_groups_state_dict_and_checkpoints(tmp_path):
+    params, opt = _make("Adam", np.float64)
+    handle = opt.compiled()
+
+    @njit
+    def set_it(h, lr):
+        compiled.set_lr(h, 0, lr)
+
+    set_it(handle, 0.125)
+    assert opt.param_groups[0]["lr"] == 0.125
+    assert opt.state_dict()["param_groups"][0]["lr"] == 0.125
+    numbaopt.save(tmp_path / "c", opt)
+    other = _make("Adam", np.float64)[1]
+    numbaopt.load(tmp_path / "c", other)
+    assert other.param_groups[0]["lr"] == 0.125
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        set_it(handle, -1.0)
+
+
+def test_skip_nonfinite_from_compiled_code():
+    params, opt = _make("Adam", np.float32, skip_nonfinite=True)
+    handle = opt.compiled()
+    before = opt.arena.data.copy()
+
+    @njit
+    def nan_step(h):
+        g = compiled.grad(h, 0)
+        g[0] = np.nan
+        compiled.mark_grad(h, 0)
+        return compiled.step(h)
+
+    assert nan_step(handle) is False
+    np.testing.assert_array_equal(opt.arena.data, before)
+    assert opt.found_nonfinite and opt.skipped_steps == 1 and compiled_skipped(handle) == 1
+
+
+@njit
+def compiled_skipped(h):
+    return compiled.skipped_steps(h)
+
+
+def test_a_stale_handle_is_refused_and_a_new_one_works():
+    params, opt = _make("SGD", np.float64)
+    handle = opt.compiled()
+    grads = np.zeros((4, sum(SIZES)))
+    opt.param_groups[0]["momentum"] = 0.9               # needs a new state buffer
+    with pytest.raises(RuntimeError, match="get a new one with opt.compiled"):
+        _train(handle, grads, 0, 1, 0)
+    _train(opt.compiled(), grads, 0, 1, 0)
+
+
+def test_optimizers_without_one_compiled_kernel_are_refused_clearly():
+    p = numbaopt.Parameter(np.zeros(3))
+    with pytest.raises(NotImplementedError, match="cannot be stepped from compiled code"):
+        optim.LBFGS([p]).compiled()
+    with pytest.raises(NotImplementedError, match="cannot be stepped from compiled code"):
+        optim.SparseAdam([numbaopt.Parameter(np.zeros(3))]).compiled()
+
+
+def test_a_cached_user_function_loads_in_a_second_process(tmp_path):
+    script = tmp_path / "user_loop.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        import numpy as np
+        from numba import njit
+        import numbaopt
+        from numbaopt import compiled, optim
+
+        @njit(cache=True)
+        def train(h, n):
+            for k in range(n):
+                for i in range(compiled.num_params(h)):
+                    compiled.grad(h, i)[:] = 0.5
+                    compiled.mark_grad(h, i)
+                compiled.step(h)
+
+        params = [numbaopt.Parameter(np.ones(5)) for _ in range(3)]
+        opt = optim.Adam(params, lr=0.1)
+        train(opt.compiled(), 3)
+        print(sum(train.stats.cache_misses.values()), sum(train.stats.cache_hits.values()),
+              repr(float(params[0].data[0])))
+    """))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    runs = [subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                           env=env, timeout=300) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    first, second = (r.stdout.split() for r in runs)
+    assert first[0] == "1" and second[:2] == ["0", "1"]      # compiled once, then loaded
+    assert first[2] == second[2]
