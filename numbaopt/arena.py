@@ -58,6 +58,9 @@ class Arena:
     """
 
     device = "cpu"
+    #: gradients are plain host arrays (no GPU, no sparse staging): Parameter's fast path
+    plain_grads = True
+    sparse_grads = None
 
     def __init__(self, groups, dtype, previous=None):
         params = [p for group in groups for p in group]

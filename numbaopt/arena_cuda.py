@@ -38,6 +38,7 @@ class CudaArena(Arena):
     """
 
     device = "cuda"
+    plain_grads = False
 
     def __init__(self, groups, dtype, previous=None):
         if not cuda.is_available():

@@ -119,6 +119,13 @@ class Parameter:
     @grad.setter
     def grad(self, value):
         arena = self._arena
+        if type(value) is np.ndarray and arena is not None and arena.plain_grads:
+            # the common case, kept short: a host array into a host arena's grad view
+            view = arena._grad_views[self._index]
+            if value.shape == view.shape and value.dtype.kind in "fiub":
+                view[...] = value           # cast to the arena's dtype, as np.copyto(unsafe)
+                arena.has_grad[self._index] = True
+                return
         sparse = None if arena is None else getattr(arena, "sparse_grads", None)
         if value is None:
             if arena is None:

@@ -162,6 +162,7 @@ class SparseGradStage:
             vstart[:kept] = self.vstart[:kept]
         self.count, self.start, self.vstart = count, start, vstart
         arena.sparse_grads = self
+        arena.plain_grads = False
 
     # -- what Parameter.grad calls ------------------------------------------------------
     def assign(self, i, grad):

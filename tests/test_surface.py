@@ -659,3 +659,22 @@ def test_array_hyperparameters_are_validated_with_torchs_messages():
         warnings.simplefilter("error")              # no NumPy scalar-conversion warnings
         opt.param_groups[0]["weight_decay"] = np.asarray([0.5])
         opt.step()
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE + ["Adafactor", "Muon", "SparseAdam"])
+def test_a_scheduler_style_lr_edit_is_checked_as_the_constructor_checks_it(name):
+    """The lr-only re-read (a scheduler's step) keeps torch's message of each optimizer."""
+    if name == "Muon":
+        pytest.importorskip("scipy")
+    lr = -1.0
+    with pytest.raises(ValueError) as construction:
+        getattr(optim, name)(_params(name), lr=lr)
+    expected = str(construction.value).split(":")[0]
+    opt = getattr(optim, name)(_params(name))
+    opt.step(_closure(name))
+    opt.param_groups[0]["lr"] = lr
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        opt.step(_closure(name))
+    opt.param_groups[0]["lr"] = 0.5
+    opt.step(_closure(name))
+    assert opt._hyper[0, opt._lr_column] == 0.5

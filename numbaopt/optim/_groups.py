@@ -31,16 +31,25 @@ class DirtyFlag(list):
     reads the int64 table ``flags``, which every write here keeps in step.
     """
 
-    __slots__ = ("flags",)
+    __slots__ = ("flags", "lr_only")
 
     def __init__(self, flags, value=True):
         super().__init__([bool(value)])
         self.flags = flags
+        self.lr_only = False      # every change since the last sync set a group's "lr"
         flags[0] = bool(value)
 
     def __setitem__(self, index, value):
         list.__setitem__(self, index, bool(value))
         self.flags[0] = bool(value)
+        self.lr_only = False
+
+    def mark_lr(self):
+        """A group's lr was set: a scheduler's step, which the optimizer re-reads cheaply."""
+        if not self[0]:
+            list.__setitem__(self, 0, True)
+            self.flags[0] = True
+            self.lr_only = True
 
     def __reduce__(self):
         return (DirtyFlag, (self.flags, self[0]))
@@ -76,7 +85,10 @@ class ParamGroup(MutableMapping):
 
     def __setitem__(self, key, value):
         self._data[key] = _stored(key, value, self._dirty)
-        self._dirty[0] = True
+        if key == "lr" and isinstance(self._dirty, DirtyFlag):
+            self._dirty.mark_lr()
+        else:
+            self._dirty[0] = True
 
     def __delitem__(self, key):
         del self._data[key]

@@ -125,6 +125,7 @@ class Adafactor(ArenaOptimizer):
     # load_state_dict checks torch's shapes of row_var and col_var (numbaopt.checkpoint
     # leaves them to it)
     _validates_state_shapes = True
+    _lr_message = "Learning rate should be >= 0 but is"   # as _check_group says it
 
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
                  weight_decay=0.0, *, foreach=None, maximize=False, skip_nonfinite=False,

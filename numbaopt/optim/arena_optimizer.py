@@ -10,13 +10,15 @@ is not one elementwise pass (Muon, SparseAdam, Adafactor).
 """
 
 import math
+import warnings
 from collections.abc import MutableMapping
 
 import numpy as np
 
 from . import hooks as _hooks
 from . import optimizer as _optimizer
-from .optimizer import Optimizer, _copy_value, check_group_flags, has_array_value, hyper_float
+from .optimizer import (Optimizer, _copy_value, check_group_flags, check_option, has_array_value,
+                        hyper_float)
 
 __all__ = ["ArenaOptimizer"]
 
@@ -102,7 +104,7 @@ class ArenaOptimizer(Optimizer):
         # read at construction, so benchmarks/report.py can override the module's value
         self.parallel_threshold = _optimizer.PARALLEL_THRESHOLD * self._parallel_scale
         self._sync()
-
+        self._dirty[0] = True    # the first step syncs again: it checks the has-grad flags
     # -- stepping ------------------------------------------------------------------
     @_hooks.runs_hooks
     def step(self, closure=None):
@@ -182,8 +184,11 @@ class ArenaOptimizer(Optimizer):
         """
         if self._flags[_FLAG_LR_WRITTEN]:
             self._pull_compiled_lr()
+        if self._dirty.lr_only and self._sync_lr():
+            return
         self._reconcile()
         rows, needed, live = self._checked_rows(self._param_groups)
+        self._check_forgotten_flags()
         hyper = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
         if self._hyper is not None and self._hyper.shape == hyper.shape:
             self._hyper[...] = hyper         # in place: compiled handles hold this table
@@ -192,6 +197,48 @@ class ArenaOptimizer(Optimizer):
         self.arena.ensure_state(k for k in self._state_keys if k in needed)
         self._kernel, self._args, self._finite = self._prepare(hyper)
         self._dirty[0] = live
+
+    def _sync_lr(self):
+        """Only lrs changed (a scheduler's step): check them and write the table's column.
+
+        Returns False, changing nothing, when the full sync is needed (an ndarray lr,
+        a device arena, or a structural change).
+        """
+        hyper = self._hyper
+        groups = self._param_groups
+        if hyper is None or not isinstance(hyper, np.ndarray) or self.device != "cpu" \
+                or self.arena.stale is not None or len(groups) != hyper.shape[0]:
+            return False
+        values = []
+        for i, group in enumerate(groups):
+            lr = group.get("lr")
+            if isinstance(lr, np.ndarray) or "lr" not in group:
+                return False
+            self._check_lr(group, i)
+            values.append(float(lr))
+        hyper[:, self._lr_column] = values
+        self._dirty[0] = False
+        return True
+
+    _lr_message = "Invalid learning rate"   # torch's words in _check_group, for _check_lr
+    _lr_low_open = False
+
+    def _check_lr(self, group, index):
+        """torch's check of a group's lr alone (``_check_group`` checks it with the rest)."""
+        check_option(group, "lr", self._lr_message, index=index, low_open=self._lr_low_open)
+
+    def _check_forgotten_flags(self):
+        """Warn (once) when gradients were written into the arena with no has-grad flag set."""
+        arena = self.arena
+        if getattr(self, "_flags_warned", False) or not isinstance(arena.grad, np.ndarray) \
+                or arena.has_grad.any() or not arena.grad.any():
+            return
+        self._flags_warned = True
+        warnings.warn(
+            f"{type(self).__name__}.step(): opt.arena.grad holds gradients but no parameter "
+            "has its has-grad flag set, so the step skips every parameter. Set "
+            "opt.arena.has_grad[:] = True after writing the arena, or call "
+            "opt.zero_grad(set_to_none=False) before", UserWarning, stacklevel=4)
 
     def _checked_rows(self, groups):
         """Validate ``groups``: ``(kernel rows, state keys they need, any ndarray option)``."""

@@ -111,6 +111,7 @@ class Muon(ArenaOptimizer):
     hyperparameters = ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps",
                        "ns_steps", "adjust_lr_fn")
     _state_keys = ("momentum_buffer",)
+    _lr_message = "Learning rate should be >= 0 but is"   # as _check_group says it
     _step_in_state = False   # torch's Muon keeps no step; arena.step marks "has a buffer"
     _load_defaults = {}
 

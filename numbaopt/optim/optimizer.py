@@ -111,6 +111,36 @@ class Optimizer:
             "self.state, as in torch; or subclass numbaopt.optim.ElementwiseOptimizer and "
             "declare coefficients() and update() for the compiled one-call step")
 
+    def set_grads(self, grads):
+        """Assign every parameter's gradient in one call: ``grads[i]`` for parameter ``i``.
+
+        Parameters are in arena order (group by group, as given; ``opt.arena.params``);
+        ``None`` means no gradient. The same checks as ``p.grad = g`` (shape, a real
+        dtype), all made before anything is written; for host arenas the copy is one
+        ``np.concatenate`` into the grad arena.
+        """
+        arena = self.arena
+        params = arena.params
+        grads = list(grads)
+        if len(grads) != len(params):
+            raise ValueError(f"set_grads got {len(grads)} gradients for {len(params)} parameters")
+        if arena.plain_grads and set(map(type, grads)) == {np.ndarray} and \
+                [g.shape for g in grads] == arena.shapes and \
+                all(dt.kind in "fiub" for dt in {g.dtype for g in grads}):
+            # every check at C speed, then one copy into the grad arena
+            np.concatenate(grads, axis=None, out=arena.grad, casting="unsafe")
+            arena.has_grad[:] = True
+            return
+        from ..parameter import _as_array, _check_assignable
+        for i, (g, shape) in enumerate(zip(grads, arena.shapes)):
+            if g is not None:
+                try:
+                    _check_assignable(_as_array(g), shape, "gradient")
+                except (TypeError, ValueError) as error:
+                    raise type(error)(f"gradient {i}: {error}") from None
+        for p, g in zip(params, grads):
+            p.grad = g
+
     def compiled(self):
         """A handle to step this optimizer from ``@njit`` code (``numbaopt.compiled``)."""
         raise NotImplementedError(
@@ -120,8 +150,10 @@ class Optimizer:
     def zero_grad(self, set_to_none=True):
         """Reset gradients: to None (default; the step then skips them) or to zeros.
 
-        With ``set_to_none=False`` parameters that have no gradient keep none,
-        as in torch.
+        With ``set_to_none=False`` every parameter then has a zero gradient, the
+        arena's analogue of torch's zeroed ``.grad`` tensors that a backward pass
+        accumulates into: code that writes (or ``+=``) ``opt.arena.grad`` next is
+        stepped without touching ``has_grad``. (torch keeps a never-set grad None.)
         """
         if self._dirty[0]:
             self._reconcile(None)      # groups appended to param_groups are packed first
@@ -129,6 +161,7 @@ class Optimizer:
             self.arena.has_grad.fill(False)
         else:
             self.arena.zero_grad()
+            self.arena.has_grad.fill(True)
 
     # -- hooks (torch's) ---------------------------------------------------------------
     def register_step_pre_hook(self, hook):

@@ -66,6 +66,7 @@ class SparseAdam(ArenaOptimizer):
 
     hyperparameters = ("lr", "betas", "eps", "maximize")
     _state_keys = ("exp_avg", "exp_avg_sq")
+    _lr_low_open = True      # torch: "Invalid learning rate" unless lr > 0
     _load_defaults = {"maximize": False}
     _implementation_flags = {}
     # Threads pay off from 4x Adam's threshold of staged elements (64Ki): a step's rows are
