@@ -38,7 +38,7 @@ import numpy as np
 from . import cases
 from .cases import DTYPES, IMPLEMENTATIONS, OPTIMIZERS, SIZES, SMALL_SIZES, Size, build
 
-SECTIONS = ("table", "beyond", "overhead", "threshold", "threads", "cold")
+SECTIONS = ("table", "beyond", "overhead", "compiled", "threshold", "threads", "cold")
 
 # Targets of the issue.
 SPEEDUP_TARGET = 1.5
@@ -374,6 +374,21 @@ def section_overhead(args):
     print(markdown_table(["optimizer", "call", "time per call"], rows, left=2))
     print("\nThe dispatcher checks the type of every argument on each call; the compiled entry "
           "point\n(`kernel.overloads[signature].entry_point`) skips that check.\n")
+
+
+def section_compiled(args):
+    """Steps from a compiled loop (numbaopt.compiled) against opt.step() and torch."""
+    from .compiled_loop import STEPS, cases
+    print("## A step inside a compiled loop: Adam float32, 1k/10\n")
+    steps = cases()
+    wait_for_idle(args.wait_idle)
+    times = measure(steps, rounds=args.rounds, block_time=0.05)
+    floor = median(times["the kernel alone in an @njit loop"])
+    rows = [[name, fmt_time(median(ts) / STEPS),
+             fmt_time((median(ts) - floor) / STEPS)] for name, ts in times.items()]
+    print(markdown_table(["loop", "time per step", "beyond the kernel's own work"], rows,
+                         left=1))
+    print()
 
 
 def section_threshold(args):

@@ -33,11 +33,16 @@ from every start of a grid and keeping the starts that print all six lines:
 
 So the tutorial's torch run started from w0 = 0.67038 +- 0.00003,
 b0 = 0.3464 +- 0.0001.
+
+``--plot PATH`` writes the loss curve to a PNG (needs matplotlib).
 """
 
 import numpy as np
 
+from _plotting import ArgumentParser, plot_curves     # examples/_plotting.py
 from numbaopt import nn, optim
+
+args = ArgumentParser(__doc__).parse_args()
 
 # Input and target data (simple linear relationship y = 2x)
 x = np.array([[1.0], [2.0], [3.0], [4.0]], dtype=np.float32)
@@ -53,12 +58,14 @@ optimizer = optim.Adam(model.parameters(), lr=0.01)
 criterion = nn.MSELoss()
 
 # Training loop
+losses = []
 for epoch in range(50):
     predictions = model(x)
     loss = criterion(predictions, y)
     optimizer.zero_grad()
     model.backward(criterion.backward())    # torch: loss.backward()
     optimizer.step()
+    losses.append(loss.item())
 
     if (epoch + 1) % 10 == 0:  # Print loss every 10 epochs
         print(f'Epoch {epoch+1}, Loss: {loss.item():.4f}')
@@ -67,3 +74,7 @@ for epoch in range(50):
 test_input = np.array([[5.0]], dtype=np.float32)
 test_output = model(test_input)
 print(f'The predicted value for input 5: {test_output.item():.4f}')
+
+if args.plot:
+    plot_curves(args.plot, "Adam(lr=0.01), one neuron fitting y = 2x",
+                {"MSE loss": {"train": losses}}, xlabel="epoch")

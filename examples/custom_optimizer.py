@@ -23,7 +23,8 @@ matrix factors, orthogonalisation, line searches, closures evaluated several
 times). For an elementwise update, subclass ``ElementwiseOptimizer`` instead
 and get a compiled kernel (see ``examples/lion.py``).
 
-Run it with ``python examples/custom_optimizer.py``.
+Run it with ``python examples/custom_optimizer.py``; ``--plot PATH`` writes the loss
+curves of both optimizers to a PNG (needs matplotlib).
 """
 
 import math
@@ -120,11 +121,14 @@ def make_optimizer(cls, w, b):
     return cls([{"params": [w], "weight_decay": 1e-3}, {"params": [b]}], lr=0.05)
 
 
-def train(opt, w, b, steps, first=0, log=False):
-    """``steps`` steps; the bias gets no gradient before step 10. Returns the trajectory."""
+def train(opt, w, b, steps, first=0, log=False, losses=None):
+    """``steps`` steps; the bias gets no gradient before step 10. Returns the trajectory
+    (and appends each step's loss to ``losses`` when given)."""
     trajectory = []
     for k in range(first, first + steps):
         loss, gw, gb = loss_and_grads(w.data, b.data)
+        if losses is not None:
+            losses.append(loss)
         opt.zero_grad()
         w.grad = gw
         b.grad = gb if k >= 10 else None     # p.grad is None: the step skips b
@@ -135,17 +139,18 @@ def train(opt, w, b, steps, first=0, log=False):
     return np.array(trajectory)
 
 
-def main():
+def main(plot=None):
     print("PyAdam (Python step()) on least squares, 5 weights and a bias, float64:")
     w, b = make_params()
     opt = make_optimizer(PyAdam, w, b)
-    ours = train(opt, w, b, 200, log=True)
+    py_losses, builtin_losses = [], []
+    ours = train(opt, w, b, 200, log=True, losses=py_losses)
     fitted = np.linalg.lstsq(np.c_[X, np.ones(len(Y))], Y, rcond=None)[0]
     print(f"distance to the least-squares solution (weight decay 1e-3 moves it a little): "
           f"{np.abs(ours[-1] - fitted).max():.1e}")
 
     w2, b2 = make_params()
-    builtin = train(make_optimizer(optim.Adam, w2, b2), w2, b2, 200)
+    builtin = train(make_optimizer(optim.Adam, w2, b2), w2, b2, 200, losses=builtin_losses)
     diff = np.abs(ours - builtin).max()
     print(f"max |PyAdam - numbaopt.optim.Adam| over 200 steps: {diff:.1e}")
     assert diff <= 1e-12 * np.abs(builtin).max(), diff
@@ -169,6 +174,13 @@ def main():
     print(f"load_state_dict round trip: the next 20 steps identical: {same}")
     assert same
 
+    if plot:
+        from _plotting import plot_curves     # examples/_plotting.py, beside this script
+        plot_curves(plot, "Adam(lr=0.05) on least squares: a Python step() and the built-in",
+                    {"MSE loss": {"PyAdam (Python step())": py_losses,
+                                  "numbaopt.optim.Adam": builtin_losses}}, log=("MSE loss",))
+
 
 if __name__ == "__main__":
-    main()
+    from _plotting import ArgumentParser
+    main(plot=ArgumentParser(__doc__).parse_args().plot)

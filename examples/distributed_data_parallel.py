@@ -7,21 +7,25 @@
 Each rank computes the gradient of its own rows; ``DistributedOptimizer``
 averages the gradients across ranks (one Allreduce over the flat gradient
 arena) and steps, so every rank holds the same weights, and they are the
-weights one process training on all the data gets. Rank 0 prints.
+weights one process training on all the data gets. Rank 0 prints, and with
+``--plot PATH`` writes the loss curve to a PNG (needs matplotlib).
 """
-
-import sys
 
 import numpy as np
 from mpi4py import MPI
 
 import numbaopt
+from _plotting import ArgumentParser, plot_curves     # examples/_plotting.py
 from numbaopt import optim
 from numbaopt.distributed import DistributedOptimizer, broadcast_parameters
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
-shard = "--shard" in sys.argv[1:]
+parser = ArgumentParser(__doc__)
+parser.add_argument("--shard", action="store_true",
+                    help="shard the optimizer state across the ranks (ZeRO-1)")
+args = parser.parse_args()
+shard = args.shard
 
 # The same synthetic data set on every rank (same seed); each rank keeps its own rows.
 n_samples, n_features = 4096, 20
@@ -57,11 +61,13 @@ def loss_and_gradients():
 if rank == 0:
     print(f"{n_samples} samples on {size} rank{'s' if size > 1 else ''}, "
           f"sharded optimizer state: {shard}")
+losses = []
 for step in range(1, 201):
     opt.zero_grad()
     loss, w.grad, b.grad = loss_and_gradients()
     opt.step()
     loss = comm.allreduce(loss) / size          # the whole data set's mean loss
+    losses.append(loss)
     if rank == 0 and step % 50 == 0:
         print(f"step {step:3d}: loss {loss:.6f}")
 
@@ -69,3 +75,7 @@ loss = comm.allreduce(loss_and_gradients()[0]) / size
 correct = comm.allreduce(int(np.sum(((X_mine @ w.data + b.data) > 0) == (y_mine > 0.5))))
 if rank == 0:
     print(f"final loss {loss:.6f}, training accuracy {correct / n_samples:.4f}")
+    if args.plot:
+        plot_curves(args.plot, f"Data-parallel logistic regression, Adam(lr=0.05), "
+                    f"{size} rank{'s' if size > 1 else ''}",
+                    {"log-loss (all data)": {"train": losses}}, log=("log-loss (all data)",))

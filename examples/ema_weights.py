@@ -14,14 +14,17 @@ steadier than the raw model's. The same lines in torch::
     ema_model.update_parameters(model)
 
 Run it as ``python examples/ema_weights.py``; it is seeded, so it prints the same
-numbers every time.
+numbers every time. ``--plot PATH`` writes both held-out loss curves to a PNG
+(needs matplotlib).
 """
 
 import numpy as np
 
+from _plotting import ArgumentParser, plot_curves     # examples/_plotting.py
 from numbaopt import nn, optim
 from numbaopt.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+args = ArgumentParser(__doc__).parse_args()
 rng = np.random.default_rng(0)
 
 
@@ -76,3 +79,10 @@ print(f"last {len(raw)} evaluations: raw mean {raw.mean():.4f} (std {raw.std():.
       f"of {len(raw)}")
 print(f"EMA of the weights: lower eval loss {ema.mean() < raw.mean()}, "
       f"smoother {ema.std() < raw.std()}")
+
+if args.plot:
+    evaluated = range(every, steps + 1, every)
+    plot_curves(args.plot, "AdamW(lr=0.01) and an EMA of its weights (decay 0.99)",
+                {"held-out MSE loss": {"raw weights": (evaluated, raw_losses),
+                                       "EMA of the weights": (evaluated, ema_losses)}},
+                log=("held-out MSE loss",))

@@ -11,12 +11,16 @@ as class *probabilities* (1 for class 0, 2 for class 1: unnormalised, which
 torch does not check), not as the class indices 1 and 2 (index 2 would not
 even exist with two classes). ``nn.CrossEntropyLoss`` here reads it the same
 way; integer targets are class indices.
+
+``--plot PATH`` writes the minibatch and test loss curves to a PNG (needs matplotlib).
 """
 
 import numpy as np
 
+from _plotting import ArgumentParser, plot_curves     # examples/_plotting.py
 from numbaopt import nn, optim
 
+args = ArgumentParser(__doc__).parse_args()
 rng = np.random.default_rng(0)
 
 in_dim, out_dim = 5, 2
@@ -52,6 +56,7 @@ def sample(n):
 
 
 x_test, y_test = sample(1000)
+train_losses, test_losses = [], ([], [])
 for epoch in range(1, 6):
     for batch in range(100):
         x, labels = sample(32)
@@ -59,6 +64,13 @@ for epoch in range(1, 6):
         computed_loss = loss(model(x), labels)
         model.backward(loss.backward())
         optimizer.step()
+        train_losses.append(computed_loss.item())
     logits = model(x_test)
     accuracy = np.mean(logits.argmax(axis=1) == y_test)
+    test_losses[0].append(len(train_losses))
+    test_losses[1].append(loss(logits, y_test).item())
     print(f'epoch {epoch}: test loss {loss(logits, y_test).item():.4f}, accuracy {accuracy:.3f}')
+
+if args.plot:
+    plot_curves(args.plot, "Linear(5, 2), SGD(lr=1e-3, weight_decay=0.5), two Gaussian classes",
+                {"cross-entropy loss": {"minibatch": train_losses, "test set": test_losses}})

@@ -8,6 +8,7 @@ Python, no copies. This is the path the arena exists for. Adam steps the
 whole arena in one kernel call; a cosine schedule anneals the learning rate.
 
 Run it with ``python examples/numba_model.py``; it prints one line per epoch.
+``--plot PATH`` writes the loss and lr curves to a PNG (needs matplotlib).
 """
 
 import math
@@ -70,13 +71,14 @@ def make_data(rng, n):
     return x, y
 
 
-def main(epochs=20, batch_size=64):
+def main(epochs=20, batch_size=64, plot=None):
     rng = np.random.default_rng(0)
     x, y = make_data(rng, 1024)
     hidden, output = nn.Linear(2, 16, rng=rng), nn.Linear(16, 1, rng=rng)   # torch's init
     optimizer = optim.Adam(hidden.parameters() + output.parameters(), lr=0.05)
     scheduler = lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     arena = optimizer.arena
+    losses, lrs = [], []
 
     for epoch in range(1, epochs + 1):
         lr = optimizer.param_groups[0]['lr']
@@ -90,12 +92,20 @@ def main(epochs=20, batch_size=64):
                                            x[batch], y[batch])
             arena.has_grad[:] = True
             optimizer.step()
+            losses.append(loss)
+            lrs.append(lr)
             total += loss * len(batch)
             hits += accuracy * len(batch)
         scheduler.step()
         print(f'epoch {epoch:2d}/{epochs}  lr {lr:.4f}  loss {total / len(x):.4f}  '
               f'accuracy {hits / len(x):.3f}')
 
+    if plot:
+        from _plotting import plot_curves     # examples/_plotting.py, beside this script
+        plot_curves(plot, "A Numba MLP trained in the arena: Adam(lr=0.05), CosineAnnealingLR",
+                    {"minibatch loss (BCE)": {"train": losses}, "lr": {"lr": lrs}})
+
 
 if __name__ == '__main__':
-    main()
+    from _plotting import ArgumentParser
+    main(plot=ArgumentParser(__doc__).parse_args().plot)

@@ -10,12 +10,16 @@ classes:
 
 For each, the script prints the resulting ``param_groups`` (every option but
 ``params``, which is shown by name, with the slice of the optimizer's flat
-arena the group occupies) and a short training run.
+arena the group occupies) and a short training run. ``--plot PATH`` writes the
+minibatch loss curves of both runs to a PNG (needs matplotlib).
 """
 
 import numpy as np
 
+from _plotting import ArgumentParser, plot_curves     # examples/_plotting.py
 from numbaopt import nn, optim
+
+args = ArgumentParser(__doc__).parse_args()
 
 
 class Net(nn.Module):
@@ -57,6 +61,8 @@ def show_param_groups(model, optimizer):
 
 
 def train(model, optimizer, epochs=3, steps=100):
+    """Train, print the test loss and accuracy after each epoch; return the minibatch losses."""
+    losses = []
     for epoch in range(1, epochs + 1):
         for _ in range(steps):
             x, labels = sample(32)
@@ -64,10 +70,12 @@ def train(model, optimizer, epochs=3, steps=100):
             loss = criterion(model(x), labels)
             model.backward(criterion.backward())
             optimizer.step()
+            losses.append(loss.item())
         logits = model(x_test)
         accuracy = np.mean(logits.argmax(axis=1) == y_test)
         print(f'  epoch {epoch}: test loss {criterion(logits, y_test).item():.4f}, '
               f'accuracy {accuracy:.3f}')
+    return losses
 
 
 print("Per-layer learning rates:")
@@ -77,7 +85,7 @@ optimizer = optim.SGD([
                 {'params': model.classifier.parameters()}
             ], lr=1e-3, momentum=0.9)
 show_param_groups(model, optimizer)
-train(model, optimizer)
+per_layer = train(model, optimizer)
 
 print("Biases without weight decay:")
 model = Net(rng)
@@ -89,4 +97,10 @@ optimizer = optim.SGD([
                 {'params': bias_params, 'weight_decay': 0}
             ], weight_decay=1e-2, lr=1e-2)
 show_param_groups(model, optimizer)
-train(model, optimizer)
+no_bias_decay = train(model, optimizer)
+
+if args.plot:
+    plot_curves(args.plot, "SGD with parameter groups, 4-16-3 classifier",
+                {"minibatch loss": {"per-layer learning rates": per_layer,
+                                    "biases without weight decay": no_bias_decay}},
+                log=("minibatch loss",))

@@ -3,6 +3,9 @@
 The documented lines are copied here from the seed documents (the torch tutorials the
 examples translate); when the seeds are found beside the repository
 (``../shared/seeds``) a test also checks that the copies match them.
+
+Each example runs once, with ``--plot`` into a temporary directory when matplotlib is
+installed: its stdout is compared with the documented log and its PNG checked.
 """
 
 import functools
@@ -10,8 +13,10 @@ import importlib.util
 import os
 import pathlib
 import re
+import struct
 import subprocess
 import sys
+import zlib
 
 import numba
 import numpy as np
@@ -23,6 +28,14 @@ from numbaopt import nn, optim
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 SEEDS = ROOT.parent / "shared" / "seeds"
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+NO_MATPLOTLIB = "matplotlib is not installed (pip install -e '.[examples]'): no --plot"
+# every example takes --plot PATH; these need more than numbaopt to run at all
+NEEDS = {"distributed_data_parallel.py": ("mpi4py", "mpi4py is not installed "
+                                          "(pip install -e '.[distributed]')"),
+         "digits_mlp.py": ("sklearn", "scikit-learn is not installed (pip install -e "
+                                      "'.[examples]'): the digits example needs its data set")}
+PLOTTING = sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 
 # seed 001_fc4bd19e608032db.txt: Adam(lr=0.01) on y = 2x
 ADAM_LOG = """\
@@ -48,38 +61,60 @@ Step 4, Loss: 2.0751
 Step 5, Loss: 0.9317""".splitlines()
 
 
-@functools.lru_cache(maxsize=None)
-def run_example(name):
-    """Run ``examples/<name>`` with this interpreter from the repository root; its stdout lines."""
+def example_env():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, str(EXAMPLES / name)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout.splitlines()
+    return env
 
 
-def load_example(name):
-    """Import an example as a module (only for those that guard their main code).
+@pytest.fixture(scope="module")
+def plot_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("plots")
 
-    Its @njit(cache=True) functions get a cache directory of their own: entries the
-    example wrote when it ran as ``__main__`` do not load under another module name.
+
+@pytest.fixture(scope="module")
+def run_example(plot_dir):
+    """``run_example(name)``: run ``examples/<name>`` once from the repository root (with
+    ``--plot plot_dir/<name>.png`` when matplotlib is installed); its stdout lines.
     """
-    import tempfile
 
-    import numba
+    @functools.lru_cache(maxsize=None)
+    def run(name):
+        if name in NEEDS:
+            pytest.importorskip(NEEDS[name][0], reason=NEEDS[name][1])
+        plot = ["--plot", str(plot_dir / name.replace(".py", ".png"))] if HAVE_MATPLOTLIB else []
+        proc = subprocess.run([sys.executable, str(EXAMPLES / name), *plot], cwd=ROOT,
+                              env=example_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout.splitlines()
 
-    module_name = "example_" + name.removesuffix(".py")
-    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / name)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    saved = numba.config.CACHE_DIR
-    numba.config.CACHE_DIR = tempfile.mkdtemp(prefix="numbaopt-example-cache-")
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        numba.config.CACHE_DIR = saved
-    return module
+    return run
+
+
+@pytest.fixture(scope="module")
+def load_example(tmp_path_factory):
+    """``load_example(name)``: import an example as a module (one that guards its main code).
+
+    Its @njit(cache=True) functions get a cache directory of their own, a pytest
+    temporary one: entries the example wrote when it ran as ``__main__`` do not load
+    under another module name.
+    """
+    cache_dir = str(tmp_path_factory.mktemp("numba-cache"))
+
+    def load(name):
+        module_name = "example_" + name.removesuffix(".py")
+        spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / name)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        saved = numba.config.CACHE_DIR
+        numba.config.CACHE_DIR = cache_dir
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            numba.config.CACHE_DIR = saved
+        return module
+
+    return load
 
 
 def hard_coded_start(name):
@@ -116,15 +151,15 @@ def test_documented_logs_are_copied_from_the_seeds():
 
 # -- documented logs -------------------------------------------------------------------
 
-def test_adam_linear_regression_prints_the_documented_log():
+def test_adam_linear_regression_prints_the_documented_log(run_example):
     assert run_example("adam_linear_regression.py") == ADAM_LOG
 
 
-def test_steplr_schedule_prints_the_documented_log():
+def test_steplr_schedule_prints_the_documented_log(run_example):
     assert run_example("steplr_schedule.py") == STEPLR_LOG
 
 
-def test_sgd_linear_regression_prints_the_true_trajectory_and_the_verdict():
+def test_sgd_linear_regression_prints_the_true_trajectory_and_the_verdict(run_example):
     lines = run_example("sgd_linear_regression.py")
     assert lines[:5] == SGD_TRUE
     published = re.findall(r"Step \d, Loss: [\d.]+", SGD_PUBLISHED)
@@ -224,7 +259,7 @@ def accuracies(lines):
     return [float(v) for v in re.findall(r"accuracy ([\d.]+)", "\n".join(lines))]
 
 
-def test_per_parameter_options():
+def test_per_parameter_options(run_example):
     lines = run_example("per_parameter_options.py")
     text = "\n".join(lines)
     assert re.search(r"params \['base.weight', 'base.bias'\] \(arena\[0:80\]\), \{'lr': 0.01, "
@@ -239,7 +274,7 @@ def test_per_parameter_options():
     assert acc[2] > acc[0] and acc[5] > acc[3] and min(acc[2], acc[5]) > 0.7
 
 
-def test_linear_classifier():
+def test_linear_classifier(run_example):
     lines = run_example("linear_classifier.py")
     assert "(class probabilities)" in lines[0]
     assert lines[1].endswith(": True")
@@ -250,7 +285,7 @@ def test_linear_classifier():
     assert len(acc) == 5 and acc[-1] > acc[0] and acc[-1] > 0.9
 
 
-def test_numba_model_trains():
+def test_numba_model_trains(run_example):
     lines = run_example("numba_model.py")
     assert len(lines) == 20 and lines[0].startswith("epoch  1/20  lr 0.0500")
     losses = [float(v) for v in re.findall(r"loss ([\d.]+)", "\n".join(lines))]
@@ -258,7 +293,7 @@ def test_numba_model_trains():
     assert accuracies(lines)[-1] > 0.9
 
 
-def test_numba_model_gradient_matches_finite_differences():
+def test_numba_model_gradient_matches_finite_differences(load_example):
     example = load_example("numba_model.py")
     # The same source compiled afresh: the example's cache=True entries belong to its own runs.
     loss_and_grad = numba.njit(error_model="numpy")(example.loss_and_grad.py_func)
@@ -293,7 +328,7 @@ def test_numba_model_gradient_matches_finite_differences():
 
 # -- writing optimizers: torch's Python step() and a compiled elementwise rule ----------
 
-def test_custom_optimizer_example():
+def test_custom_optimizer_example(run_example):
     lines = run_example("custom_optimizer.py")
     text = "\n".join(lines)
     losses = [float(v) for v in re.findall(r"^step +\d+  loss ([\d.]+)$", text, re.M)]
@@ -305,7 +340,7 @@ def test_custom_optimizer_example():
     assert lines[-1] == "load_state_dict round trip: the next 20 steps identical: True"
 
 
-def test_custom_optimizer_matches_adam_in_float32_too():
+def test_custom_optimizer_matches_adam_in_float32_too(load_example):
     example = load_example("custom_optimizer.py")
     rng = np.random.default_rng(3)
     init = [rng.standard_normal((4, 3)), rng.standard_normal(3), rng.standard_normal(())]
@@ -326,7 +361,7 @@ def test_custom_optimizer_matches_adam_in_float32_too():
     np.testing.assert_allclose(*trajectories, rtol=1e-5, atol=1e-5)
 
 
-def test_lion_example():
+def test_lion_example(run_example):
     lines = run_example("lion.py")
     text = "\n".join(lines)
     losses = [float(v) for v in re.findall(r"^step +\d+  loss ([\d.]+)$", text, re.M)]
@@ -341,7 +376,7 @@ def test_lion_example():
 
 
 @pytest.fixture(scope="module")
-def lion_example():
+def lion_example(load_example):
     return load_example("lion.py")
 
 
@@ -478,7 +513,7 @@ def test_lion_on_cuda_under_the_simulator_matches_the_cpu():
     assert float(found["float32"]) <= 1e-5 and float(found["float64"]) <= 1e-10, found
 
 
-def test_custom_optimizer_checkpoint_round_trip(tmp_path):
+def test_custom_optimizer_checkpoint_round_trip(load_example, tmp_path):
     """numbaopt.save / load work for a Python-step optimizer too (its state comes back
     as arrays, a 0-d array for ``step``), and training continues bit for bit."""
     example = load_example("custom_optimizer.py")
@@ -492,3 +527,94 @@ def test_custom_optimizer_checkpoint_round_trip(tmp_path):
     assert float(opt2.state[w2]["step"]) == 30 and float(opt2.state[b2]["step"]) == 20
     np.testing.assert_array_equal(example.train(opt, w, b, 100, first=30),
                                   example.train(opt2, w2, b2, 100, first=30))
+
+
+# -- --plot PATH: every example draws its curves, matplotlib only when asked ----------------
+
+def test_every_example_takes_plot():
+    assert len(PLOTTING) >= 11
+    for name in PLOTTING:
+        assert '"--plot"' in (EXAMPLES / name).read_text() or \
+            "ArgumentParser(__doc__)" in (EXAMPLES / name).read_text(), name
+
+
+def check_png(path):
+    """A complete PNG (every chunk's CRC right, the pixels inflate to the size IHDR says),
+    300 to 4000 pixels each way, over 10 kB, and not a blank page."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "no PNG signature"
+    chunks, at = [], 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        body = data[at + 8:at + 8 + length]
+        (crc,) = struct.unpack(">I", data[at + 8 + length:at + 12 + length])
+        assert crc == zlib.crc32(kind + body), f"bad CRC in {kind}"
+        chunks.append((kind, body))
+        at += 12 + length
+    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
+    width, height, depth, color = struct.unpack(">IIBB", chunks[0][1][:10])
+    assert 300 <= width <= 4000 and 300 <= height <= 4000, (width, height)
+    assert len(data) > 10_000, len(data)
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color]
+    pixels = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    assert depth == 8 and len(pixels) == height * (1 + width * channels)
+
+    from matplotlib.image import imread
+    image = imread(path)
+    assert image.shape[:2] == (height, width)
+    ink = np.any(image[..., :3] < 0.9, axis=-1).mean()    # axes, lines and text on white
+    assert 0.01 < ink < 0.5, ink
+
+
+@pytest.mark.parametrize("name", PLOTTING)
+def test_example_writes_its_plot(run_example, plot_dir, name):
+    if not HAVE_MATPLOTLIB:
+        pytest.skip(NO_MATPLOTLIB)
+    run_example(name)
+    check_png(plot_dir / name.replace(".py", ".png"))
+
+
+ONLY_WITH_PLOT_SCRIPT = """
+import contextlib, io, runpy, sys
+sys.path.insert(0, sys.argv[1])
+example = sys.argv[1] + "/adam_linear_regression.py"
+sys.argv = [example]
+with contextlib.redirect_stdout(io.StringIO()):
+    runpy.run_path(example, run_name="__main__")
+print("imported without --plot:", "matplotlib" in sys.modules)
+sys.modules["matplotlib"] = None              # as if it were not installed
+sys.argv = [example, "--plot", "never.png"]
+try:
+    runpy.run_path(example, run_name="__main__")
+except SystemExit as e:
+    print("exit", e.code)
+"""
+
+
+def test_matplotlib_is_imported_only_with_plot(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", ONLY_WITH_PLOT_SCRIPT, str(EXAMPLES)],
+                          cwd=tmp_path, env=example_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.stdout.splitlines() == ["imported without --plot: False", "exit 2"], \
+        proc.stdout + proc.stderr
+    # refused before training, with the command that fixes it
+    assert "--plot needs matplotlib: pip install matplotlib" in proc.stderr
+    assert not (tmp_path / "never.png").exists()
+
+
+# -- the digits MLP: accuracy, and a resume that ends where the uninterrupted run does ------
+
+def test_digits_mlp_reaches_95_percent_and_resumes_exactly(run_example):
+    lines = run_example("digits_mlp.py")
+    text = "\n".join(lines)
+    first = re.search(r"^epoch 20: train loss [\d.]+, train accuracy ([\d.]+), "
+                      r"test accuracy ([\d.]+) \(([\d.]+) s\)$", text, re.M)
+    resumed = re.search(r"^resumed run, epochs 11-20: train accuracy ([\d.]+), "
+                        r"test accuracy ([\d.]+)$", text, re.M)
+    assert first and resumed, text
+    train_acc, test_acc, seconds = map(float, first.groups())
+    assert test_acc >= 0.95 and train_acc >= test_acc
+    assert seconds < 30                 # the uninterrupted run, its numba compilation included
+    assert tuple(map(float, resumed.groups())) == (train_acc, test_acc)
+    assert "checkpoint after epoch 10" in text
+    assert lines[-1] == "resumed run ends with the same parameters as the uninterrupted run: True"

@@ -1,0 +1,73 @@
+"""The optimizer's share of a step taken inside a compiled loop (numbaopt.compiled).
+
+Three ways to run N steps of Adam on 1k parameters in 10 tensors, gradients already
+in the arena: ``compiled.step(h)`` in an ``@njit`` loop; the optimizer's kernel
+called directly in an ``@njit`` loop (the kernel's own work: the floor); and
+``opt.step()`` from a Python loop. torch's fused Adam from Python for scale.
+"""
+
+import numpy as np
+from numba import njit
+
+import numbaopt
+from numbaopt import compiled, optim
+
+from .cases import torch
+
+STEPS = 1000
+
+
+@njit(cache=True)
+def compiled_steps(h, n):
+    for _ in range(n):
+        compiled.step(h)
+
+
+_loops = {}
+
+
+def kernel_loop(kernel, n_args):
+    """An @njit loop calling ``kernel`` with ``n_args`` arrays: the kernel's own work."""
+    key = (kernel, n_args)
+    if key not in _loops:
+        names = ", ".join(f"a{k}" for k in range(n_args))
+        env = {"kernel": kernel}
+        exec(f"def loop(n, {names}):\n    for _ in range(n):\n        kernel({names})\n", env)
+        _loops[key] = njit(env["loop"])
+    return _loops[key]
+
+
+def cases(numel=1000, tensors=10, name="Adam"):
+    """``{label: callable running STEPS steps}`` for one optimizer and size."""
+    rng = np.random.default_rng(0)
+    params = [numbaopt.Parameter(rng.standard_normal(numel // tensors).astype(np.float32))
+              for _ in range(tensors)]
+    opt = getattr(optim, name)(params, lr=1e-4)
+    opt.set_grads([np.full(p.shape, 1e-3, np.float32) for p in params])
+    opt.step()
+    handle = opt.compiled()
+    loop = kernel_loop(opt._kernel, len(opt._args))
+    args = opt._args
+    compiled_steps(handle, 1)
+    loop(1, *args)
+
+    def python_loop():
+        for _ in range(STEPS):
+            opt.step()
+
+    out = {"compiled.step(h) in an @njit loop": lambda: compiled_steps(handle, STEPS),
+           "the kernel alone in an @njit loop": lambda: loop(STEPS, *args),
+           "opt.step() in a Python loop": python_loop}
+    if torch is not None:
+        ts = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
+        for t in ts:
+            t.grad = torch.full_like(t, 1e-3)
+        topt = getattr(torch.optim, name)(ts, lr=1e-4, fused=True)
+        topt.step()
+
+        def torch_loop():
+            for _ in range(STEPS):
+                topt.step()
+
+        out["torch (fused) opt.step() in a Python loop"] = torch_loop
+    return out
