@@ -397,7 +397,7 @@ def test_more_than_one_group_is_refused_before_anything_changes():
     ({"lr": np.array([0.1, 0.2])}, "Tensor lr must be 1-element"),
     ({"max_iter": 0}, "'max_iter' must be a positive integer"),
     ({"history_size": 2.5}, "'history_size' must be a positive integer"),
-    ({"tolerance_grad": -1.0}, "'tolerance_grad' must be a non-negative number"),
+    ({"tolerance_grad": float("nan")}, "'tolerance_grad' must be a number"),
     ({"line_search_fn": "armijo"}, "only 'strong_wolfe' is supported"),
 ])
 def test_bad_options_are_refused(kwargs, match):

@@ -105,6 +105,7 @@ class ArenaOptimizer(Optimizer):
         self.parallel_threshold = _optimizer.PARALLEL_THRESHOLD * self._parallel_scale
         self._sync()
         self._dirty[0] = True    # the first step syncs again: it checks the has-grad flags
+        self._flags_unchecked = True
     # -- stepping ------------------------------------------------------------------
     @_hooks.runs_hooks
     def step(self, closure=None):
@@ -184,11 +185,11 @@ class ArenaOptimizer(Optimizer):
         """
         if self._flags[_FLAG_LR_WRITTEN]:
             self._pull_compiled_lr()
+        self._check_forgotten_flags()
         if self._dirty.lr_only and self._sync_lr():
             return
         self._reconcile()
         rows, needed, live = self._checked_rows(self._param_groups)
-        self._check_forgotten_flags()
         hyper = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
         if self._hyper is not None and self._hyper.shape == hyper.shape:
             self._hyper[...] = hyper         # in place: compiled handles hold this table
@@ -229,11 +230,14 @@ class ArenaOptimizer(Optimizer):
 
     def _check_forgotten_flags(self):
         """Warn (once) when gradients were written into the arena with no has-grad flag set."""
-        arena = self.arena
-        if getattr(self, "_flags_warned", False) or not isinstance(arena.grad, np.ndarray) \
-                or arena.has_grad.any() or not arena.grad.any():
+        # Only at the first step: later, zero_grad() leaves old values behind on purpose.
+        if not getattr(self, "_flags_unchecked", False):
             return
-        self._flags_warned = True
+        self._flags_unchecked = False
+        arena = self.arena
+        if not isinstance(arena.grad, np.ndarray) or arena.has_grad.any() \
+                or not arena.grad.any():
+            return
         warnings.warn(
             f"{type(self).__name__}.step(): opt.arena.grad holds gradients but no parameter "
             "has its has-grad flag set, so the step skips every parameter. Set "

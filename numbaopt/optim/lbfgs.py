@@ -325,10 +325,11 @@ class LBFGS(Optimizer):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"'{key}' must be a positive integer, got {v!r}{suffix}")
         for key in ("tolerance_grad", "tolerance_change"):
+            # torch takes any number here (its tests pass tolerance_grad=-inf: never stop early)
             v = group[key]
             if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool) \
-                    or not v >= 0:
-                raise ValueError(f"'{key}' must be a non-negative number, got {v!r}{suffix}")
+                    or v != v:
+                raise ValueError(f"'{key}' must be a number, got {v!r}{suffix}")
         if group["line_search_fn"] not in (None, "strong_wolfe"):
             raise ValueError(f"only 'strong_wolfe' is supported as line_search_fn, got "
                              f"{group['line_search_fn']!r}{suffix}")
@@ -370,7 +371,7 @@ class LBFGS(Optimizer):
             self._func_evals, self._n_iter = 0, 0
 
         orig_loss = closure()
-        loss = float(orig_loss)
+        loss = _loss(orig_loss)
         current_evals = 1
         self._func_evals += 1
         flat_grad = self._flat_grad()
@@ -405,7 +406,8 @@ class LBFGS(Optimizer):
             if self._n_iter == 1:
                 # torch: min(1.0, 1.0 / |g|_1) * lr, a tensor (lr cast to its dtype first)
                 # when the min is the tensor, a Python float otherwise
-                inv = f(1.0 / f(gsum))
+                with np.errstate(divide="ignore"):     # a zero gradient: inf, as torch's
+                    inv = f(np.divide(1.0, f(gsum)))
                 t = f(inv * f(lr)) if inv < 1.0 else lr
             else:
                 t = lr
@@ -424,7 +426,7 @@ class LBFGS(Optimizer):
                 self._passes.move(self.arena.data, self.arena.data, self._d, self._T(t))
                 opt_cond = False
                 if n_iter != max_iter:
-                    loss = float(closure())
+                    loss = _loss(closure())
                     flat_grad = self._flat_grad()
                     gmax, _ = self._stats(flat_grad)
                     opt_cond = f(gmax) <= f(tolerance_grad)
@@ -563,8 +565,18 @@ class LBFGS(Optimizer):
 
         def evaluate(step):
             passes.move(arena.data, self._x_init, d, T(step))
-            loss = float(closure())
+            loss = _loss(closure())
             return loss, self._flat_grad()
 
         return strong_wolfe(evaluate, lambda g: fl(self._dot(g, d)), clone, self._prev, t, f,
                             gtd, fl(self._stats(d)[0]), tolerance_change, c1, c2, max_ls, fl)
+
+
+def _loss(value):
+    """The closure's loss as a float: a number, or a 1-element array (torch: any 1-element tensor)."""
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise ValueError(f"the closure must return a scalar loss, got an array of shape "
+                             f"{value.shape}")
+        return float(value.reshape(-1)[0])
+    return float(value)

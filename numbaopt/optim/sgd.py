@@ -50,7 +50,7 @@ class SGD(ElementwiseOptimizer):
     _state_keys = ("momentum_buffer",)
     _step_in_state = False
     _parallel_scale = 4
-    _load_defaults = {"nesterov": False, "maximize": False}
+    _load_defaults = {"nesterov": False, "maximize": False, "fused": False}   # torch's __setstate__
     _implementation_flags = dict(foreach=None, differentiable=False, fused=None)
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
