@@ -1,127 +1,176 @@
-"""Checkpoints without pickle: parameters, optimizer state and scheduler state in one .npz.
+"""Checkpoints without pickle: parameters, optimizer state and scheduler state in one
+safetensors file, and parameter files by name that torch and JAX users open too.
 
-The file is a plain ``np.savez`` archive (read back with ``allow_pickle=False``):
+``save(path, optimizer, scheduler=None, *, extra=None, key=None)`` writes:
 
 - ``params``: the optimizer's arena (every parameter's value, group by group);
-- ``state/<i>/<key>``: the arrays of ``optimizer.state_dict()["state"]``;
-- ``meta``: UTF-8 JSON (as uint8) with the format version, the optimizer's class
-  name, dtype, parameter shapes, group sizes, the param_groups without their
-  parameters, the numbaopt version and ``scheduler.state_dict()``;
-- ``sha256``: a SHA-256 digest of all of the above (names, dtypes, shapes, bytes).
+- ``state/<i>/<key>``: the arrays of ``optimizer.state_dict()["state"]``, with the
+  step counts as exact float64 0-d tensors (``state_dict()`` keeps torch's float32);
+- in the header's metadata, ``numbaopt.checkpoint``: JSON with the format version,
+  the optimizer's class, dtype, shapes, group sizes, the param_groups, the non-array
+  state, ``scheduler.state_dict()`` and ``extra``; and ``numbaopt.checksum``.
 
-A file is written to a temporary name in the target's directory, flushed and
-fsync'ed, then renamed over the target (and the directory fsync'ed), so a crash
-mid-write leaves the previous checkpoint whole. Loading checks the digest and
-validates the whole file against the optimizer before anything changes.
+The file is written from a snapshot (``numbaopt._checkpoint_snapshot``), atomically
+(``numbaopt._checkpoint_format``). ``load`` checks the header (its checksum, then
+every name, dtype and shape against the optimizer) before it reads any tensor, then
+each tensor's checksum, and validates everything before anything changes.
 """
 
-import contextlib
-import hashlib
-import hmac
-import io
 import json
-import math
-import os
-import secrets
-from collections import Counter
+from collections import namedtuple
 
 import numpy as np
 
-__all__ = ["save", "load"]
+from . import _checkpoint_digest as digest
+from . import _checkpoint_format as fmt
+from ._checkpoint_json import decode, encode
+from ._checkpoint_params import IncompatibleKeys, load_parameters, save_parameters
+from ._checkpoint_snapshot import snapshot
+
+__all__ = ["save", "load", "save_parameters", "load_parameters", "IncompatibleKeys"]
 
 FORMAT = "numbaopt.checkpoint"
-FORMAT_VERSION = 1
-_DIGEST_PREFIX = b"numbaopt.checkpoint/sha256/v1\0"
-
-# JSON tags for what plain JSON cannot hold faithfully (tuples, non-string keys, inf/nan).
-_TAGS = ("__tuple__", "__dict__", "__counter__", "__float__")
-
-
-# ---------------------------------------------------------------------------- JSON values
-def _encode(value, where):
-    """``value`` as JSON-ready data; TypeError naming ``where`` for anything JSON can't hold."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else {"__float__": repr(value)}
-    if isinstance(value, list):
-        return [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, tuple):
-        return {"__tuple__": [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]}
-    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.size <= 64:
-        # a tensor hyperparameter (lr=np.asarray(1e-3)) or a small user state value
-        return {"__ndarray__": [value.dtype.str, list(value.shape),
-                                [_encode(v, where) for v in value.reshape(-1).tolist()]]}
-    if isinstance(value, Counter):
-        return {"__counter__": [[_encode(k, f"{where} key"), _encode(v, f"{where}[{k!r}]")]
-                                for k, v in value.items()]}
-    if isinstance(value, dict):
-        if all(isinstance(k, str) for k in value) and not (len(value) == 1 and
-                                                           next(iter(value)) in _TAGS):
-            return {k: _encode(v, f"{where}[{k!r}]") for k, v in value.items()}
-        return {"__dict__": [[_encode(k, f"{where} key"), _encode(v, f"{where}[{k!r}]")]
-                             for k, v in value.items()]}
-    what = "a callable" if callable(value) else f"a {type(value).__module__}." \
-                                                f"{type(value).__qualname__}"
-    raise TypeError(
-        f"cannot save {where}: it is {what}. A numbaopt checkpoint holds no pickles, only "
-        "None, bools, ints, floats, strings and lists, tuples and dicts of them (a "
-        "scheduler's lr_lambda functions cannot be saved: recreate them in code)")
-
-
-def _decode(value):
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    if isinstance(value, dict):
-        if len(value) == 1:
-            (tag, inner), = value.items()
-            if tag == "__tuple__":
-                return tuple(_decode(v) for v in inner)
-            if tag == "__dict__":
-                return {_decode_key(k): _decode(v) for k, v in inner}
-            if tag == "__counter__":
-                return Counter({_decode_key(k): _decode(v) for k, v in inner})
-            if tag == "__float__":
-                return float(inner)
-            if tag == "__ndarray__":
-                dtype, shape, data = inner
-                return np.array([_decode(v) for v in data], dtype=np.dtype(dtype)).reshape(shape)
-        return {k: _decode(v) for k, v in value.items()}
-    return value
-
-
-def _decode_key(key):
-    key = _decode(key)
-    return tuple(key) if isinstance(key, list) else key   # dict keys must be hashable
-
-
-# -------------------------------------------------------------------------------- digest
-def _digest(meta, arrays):
-    """SHA-256 over the meta bytes and every array's name, dtype, shape and bytes."""
-    h = hashlib.sha256(_DIGEST_PREFIX)
-    h.update(len(meta).to_bytes(8, "little"))
-    h.update(meta)
-    for name in sorted(arrays):
-        a = arrays[name]
-        header = json.dumps([name, a.dtype.str, list(a.shape)]).encode()
-        h.update(len(header).to_bytes(8, "little"))
-        h.update(header)
-        if a.size:
-            h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
-    return h.digest()
+FORMAT_VERSION = 2
 
 
 # ---------------------------------------------------------------------------------- save
+def save(path, optimizer, scheduler=None, *, extra=None, key=None):
+    """Write the optimizer's parameters and state (and the scheduler's) to ``path``.
+
+    A path is written atomically: to a temporary file beside it, fsync'ed and renamed
+    over it, so a crash (even SIGKILL) or an error mid-write leaves any previous file
+    intact; the next save to the path removes a dead writer's temporary file. A
+    re-saved file keeps its permissions. The file is written exactly at ``path`` (no
+    suffix added) and is a plain safetensors file. What is written is a snapshot of
+    the optimizer, copied in one go; the README's thread rules say when ``save`` may
+    run while another thread steps.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or binary file object
+        A file object (``io.BytesIO``, an open file) is written from its position,
+        without the atomic rename.
+    optimizer : numbaopt.optim.Optimizer
+        ``device="cpu"`` or ``"cuda"`` (its state is copied to the host).
+    scheduler : lr_scheduler, optional
+        Its ``state_dict()`` must hold only JSON-able values (TypeError otherwise).
+    extra : dict, optional
+        JSON-able values of yours (epoch, best loss, ...), returned by :func:`load`.
+    key : bytes or str, optional
+        Sign the file with an HMAC-SHA256 under ``key``; :func:`load` then needs the key.
+        Without it the file carries a SHA-256, which catches accidents (truncation,
+        bit flips) but not tampering: anyone can recompute it. Use a key for files that
+        cross a trust boundary.
+
+    Examples
+    --------
+    >>> numbaopt.save("run/ckpt.safetensors", opt, sched, extra={"epoch": 3})
+    >>> numbaopt.load("run/ckpt.safetensors", opt, sched)["epoch"]   # fresh process
+    3
+    """
+    key = digest.check_key(key)
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError(f"extra must be a dict of JSON-able values, got {type(extra).__name__}")
+    collective = getattr(optimizer, "_checkpoint_collective", None)
+    if collective is not None:
+        return _save_collective(optimizer, collective(), path, scheduler, extra, key)
+    _check_optimizer(optimizer)
+    _check_scheduler(optimizer, scheduler)
+    params, sd = snapshot(optimizer)
+    _write(path, optimizer, params, sd, scheduler, extra, key)
+
+
+def _write(path, optimizer, params, sd, scheduler, extra, key):
+    try:
+        tensors, description = _describe(optimizer, params, sd, scheduler, extra)
+    except RecursionError:
+        raise TypeError("cannot save the optimizer's, the scheduler's or extra's values: "
+                        "they nest too deeply (or contain themselves)") from None
+    fmt.write(path, tensors, {FORMAT: description,
+                              digest.CHECKSUM_KEY: digest.checksum(description, tensors, key)})
+
+
+def _describe(optimizer, params, sd, scheduler, extra):
+    """``(tensors, JSON description)`` of a snapshot."""
+    import numbaopt
+
+    arena = optimizer.arena
+    tensors = {"params": params}
+    state = []
+    other_state = {}
+    for i, entry in sd["state"].items():
+        if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
+            other_state[i] = entry          # torch keeps any key in state (opt.state["x"] = 1)
+            continue
+        listing = []
+        for k, value in entry.items():
+            where = f"state[{i}][{k!r}]"
+            member = _member_name(tensors, f"state/{int(i)}/{_quote(k)}")
+            if isinstance(value, (list, tuple)) and value and all(
+                    v is None or isinstance(v, np.ndarray) for v in value):
+                # LBFGS's history: a list of arrays (and Nones), one member per array
+                names = []
+                for j, v in enumerate(value):
+                    names.append(None if v is None else _member_name(tensors, f"{member}/{j}"))
+                    if v is not None:
+                        tensors[names[-1]] = _state_array(v, f"{where}[{j}]")
+                kind = ["list", names]
+            elif isinstance(value, np.ndarray):
+                tensors[member] = _state_array(value, where)
+                kind = ["array", member]
+            else:
+                kind = ["value", encode(value, where)]
+            listing.append([encode(k, f"{where} key"), kind])
+        state.append([int(i), listing])
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "numbaopt_version": getattr(numbaopt, "__version__", "unknown"),
+        "optimizer": type(optimizer).__name__,
+        "dtype": arena.dtype.name,
+        "shapes": [list(shape) for shape in arena.shapes],
+        "group_sizes": [int(n) for n in np.diff(arena.group_offsets)],
+        "param_groups": [encode(g, f"param_groups[{n}]")
+                         for n, g in enumerate(sd["param_groups"])],
+        "state": state,
+        "other_state": encode(other_state, "state"),
+        "scheduler": None if scheduler is None else {
+            "class": type(scheduler).__name__,
+            "state": encode(scheduler.state_dict(), "scheduler.state_dict()"),
+        },
+        "extra": None if extra is None else encode(extra, "extra"),
+    }
+    return tensors, json.dumps(meta, allow_nan=False)
+
+
+def _quote(key):
+    return str(key).replace("%", "%25").replace("/", "%2F")
+
+
+def _member_name(tensors, name):
+    # a str key and an int key may quote alike ("1" and 1): the later one gets a suffix
+    if name not in tensors:
+        return name
+    n = 2
+    while f"{name}~{n}" in tensors:
+        n += 1
+    return f"{name}~{n}"
+
+
+def _state_array(value, where):
+    value = np.asarray(value)
+    if value.dtype.newbyteorder("=") not in fmt.CODE_OF:
+        raise TypeError(f"cannot save {where} of dtype {value.dtype}: a checkpoint holds "
+                        "real numbers and bools only")
+    return value.astype(value.dtype.newbyteorder("="), copy=False)
+
+
 def _check_optimizer(optimizer):
-    if not isinstance(optimizer.arena.data, np.ndarray):
+    data = optimizer.arena.data
+    if not isinstance(data, np.ndarray) and not hasattr(data, "copy_to_host"):
         raise NotImplementedError(
-            "checkpoints support optimizers with device='cpu' (host arenas) only; this "
-            f"arena's data is a {type(optimizer.arena.data).__name__}")
+            "checkpoints support optimizers with device='cpu' or device='cuda' arenas; this "
+            f"arena's data is a {type(data).__name__}")
     stale = optimizer.arena.stale
     if stale is not None:
         raise RuntimeError(f"{type(optimizer).__name__} can no longer step: {stale}")
@@ -130,247 +179,106 @@ def _check_optimizer(optimizer):
         reconcile("be saved")      # groups appended to param_groups are packed, as at step()
 
 
-def save(path, optimizer, scheduler=None):
-    """Write the optimizer's parameters and state (and the scheduler's) to ``path``, atomically.
-
-    The file is written exactly at ``path`` (no suffix is added). A crash or an error
-    while writing leaves any previous file at ``path`` intact.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-    optimizer : numbaopt.optim.Optimizer
-    scheduler : lr_scheduler, optional
-        Its ``state_dict()`` must hold only JSON-able values (TypeError otherwise).
-
-    Examples
-    --------
-    >>> numbaopt.save("run/ckpt.npz", opt, sched)
-    >>> numbaopt.load("run/ckpt.npz", opt, sched)    # in a fresh process, same model code
-    """
-    import numbaopt
-
-    _check_optimizer(optimizer)
-    _check_scheduler(optimizer, scheduler)
-    arena = optimizer.arena
-    sd = optimizer.state_dict()
-    arrays = {"params": arena.data}
-    state_keys = []
-    other_state = {}
-    for i, entry in sd["state"].items():
-        if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
-            other_state[i] = entry          # torch keeps any key in state (opt.state["x"] = 1)
-            continue
-        keys, kinds = [], {}
-        for key, value in entry.items():
-            member = f"state/{int(i)}/{key}"
-            if isinstance(value, (list, tuple)) and value and all(
-                    v is None or isinstance(v, np.ndarray) for v in value):
-                # LBFGS's history: a list of arrays (and Nones), one member per array
-                kinds[key] = ["list", len(value), [j for j, v in enumerate(value) if v is None]]
-                for j, v in enumerate(value):
-                    if v is not None:
-                        arrays[f"{member}/{j}"] = _state_array(v, f"state[{i}][{key!r}][{j}]")
-            elif isinstance(value, np.ndarray):
-                arrays[member] = _state_array(value, f"state[{i}][{key!r}]")
-            else:
-                kinds[key] = ["value", _encode(value, f"state[{i}][{key!r}]")]
-            keys.append(key)
-        state_keys.append([int(i), keys, kinds])
-    groups = []
-    for g, group in enumerate(sd["param_groups"]):
-        groups.append(_encode(group, f"param_groups[{g}]"))
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "numbaopt_version": getattr(numbaopt, "__version__", "unknown"),
-        "optimizer": type(optimizer).__name__,
-        "dtype": arena.dtype.name,
-        "shapes": [list(p.shape) for p in arena.params],
-        "group_sizes": [int(n) for n in np.diff(arena.group_offsets)],
-        "param_groups": groups,
-        "state": state_keys,
-        "other_state": _encode(other_state, "state"),
-        "scheduler": None if scheduler is None else {
-            "class": type(scheduler).__name__,
-            "state": _encode(scheduler.state_dict(), "scheduler.state_dict()"),
-        },
-    }
-    meta_bytes = json.dumps(meta, allow_nan=False).encode("utf-8")
-    arrays["meta"] = np.frombuffer(meta_bytes, dtype=np.uint8)
-    payload = {k: v for k, v in arrays.items() if k != "meta"}
-    arrays["sha256"] = np.frombuffer(_digest(meta_bytes, payload), dtype=np.uint8)
-    _write_atomic(path, arrays)
-
-
-def _state_array(value, where):
-    value = np.asarray(value)
-    if value.dtype.kind not in "biuf":
-        raise TypeError(f"cannot save {where} of dtype {value.dtype}")
-    return value
-
-
 def _check_scheduler(optimizer, scheduler):
     if scheduler is not None and getattr(scheduler, "optimizer", optimizer) is not optimizer:
         raise ValueError("the scheduler schedules another optimizer than the one given")
 
 
-def _write_atomic(path, arrays):
-    path = os.path.abspath(os.fspath(path))
-    directory, base = os.path.split(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
-        try:
-            fd = os.open(tmp, flags, 0o666)   # 0o666 & ~umask, like a plain open()
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(f"could not create a temporary file next to {path}")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    # Makes the rename itself durable. Not possible on Windows (directories can't be opened).
-    if os.name == "nt":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # ---------------------------------------------------------------------------------- load
-def _read(path):
-    """The checked ``(meta, arrays)`` of the file at ``path``; ValueError if it is not one."""
-    def bad(what):
-        return ValueError(f"{path}: not a valid numbaopt checkpoint: {what}")
-
-    with open(path, "rb") as f:
-        blob = f.read()
-    if not blob.startswith(b"PK\x03\x04"):
-        raise bad("not an .npz (zip) archive" + (" (the file is empty)" if not blob else ""))
-    try:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise bad(f"it holds a pickled object array, which is never loaded ({exc})") from None
-        raise bad(f"truncated or corrupted ({exc})") from None
-    except Exception as exc:   # zipfile, zlib, EOF, npy-header errors: all mean a broken file
-        raise bad(f"truncated or corrupted ({type(exc).__name__}: {exc})") from None
-    for name, value in arrays.items():
-        if not isinstance(value, np.ndarray):   # np.load hands out non-.npy members as bytes
-            raise bad(f"its entry {name!r} is not a NumPy array")
-    for name in ("meta", "sha256", "params"):
-        if name not in arrays:
-            raise bad(f"it has no '{name}' entry")
-    meta_arr, digest = arrays.pop("meta"), arrays.pop("sha256")
-    if meta_arr.dtype != np.uint8 or meta_arr.ndim != 1 or digest.dtype != np.uint8 \
-            or digest.shape != (32,):
-        raise bad("its 'meta' or 'sha256' entry has the wrong type")
-    meta_bytes = meta_arr.tobytes()
-    if not hmac.compare_digest(_digest(meta_bytes, arrays), digest.tobytes()):
-        raise bad("SHA-256 checksum mismatch: the file was modified or corrupted after it "
-                  "was written")
-    try:
-        meta = json.loads(meta_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad(f"its metadata is not JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise bad("its metadata does not name the numbaopt checkpoint format")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise bad(f"format version {meta.get('format_version')!r}; this numbaopt reads "
-                  f"version {FORMAT_VERSION}")
-    return meta, arrays
-
-
-def load(path, optimizer, scheduler=None):
+def load(path, optimizer, scheduler=None, *, key=None):
     """Restore parameters, optimizer state (and scheduler state) saved by :func:`save`.
 
-    The file is checked (SHA-256) and validated against ``optimizer`` (class, dtype,
-    groups, shapes) and ``scheduler`` before anything changes; a refused file raises
-    ``ValueError`` naming ``path`` and leaves the optimizer, its parameters and the
-    scheduler as they were. Nothing in the file is ever unpickled.
+    The header is checked (checksum, then every member's name, dtype and shape
+    against ``optimizer``) before any tensor is read, so a file of another model, or
+    one that declares more data than it holds, is refused without reading it; then
+    each member's checksum. A refused file raises ``ValueError`` naming the file and
+    the member at fault, and leaves the optimizer, its parameters and the scheduler
+    as they were. Nothing in the file is ever unpickled. Not to be called while
+    another thread steps the optimizer.
 
     Parameters
     ----------
-    path : str or os.PathLike
+    path : str, os.PathLike or binary file object
+        A regular file (a directory, FIFO or device is refused at once).
     optimizer : numbaopt.optim.Optimizer
-        Built over the same parameter shapes and groups as the saved one.
+        Built over the same parameter shapes and groups as the saved one, on any device.
     scheduler : lr_scheduler, optional
         Pass it to restore the saved schedule (the file must hold the state of a
         scheduler of the same class); without it, saved scheduler state is ignored.
+    key : bytes or str, optional
+        The key the file was signed with (``save(..., key=)``). A signed file needs
+        it, and with a key an unsigned file is refused.
+
+    Returns
+    -------
+    dict
+        The ``extra`` given to :func:`save` (empty if none).
 
     Examples
     --------
     >>> opt = numbaopt.optim.Adam(params, lr=1e-3); sched = StepLR(opt, 10)
-    >>> numbaopt.load("run/ckpt.npz", opt, sched)
+    >>> extra = numbaopt.load("run/ckpt.safetensors", opt, sched)
     """
-    path = os.fspath(path)
+    key = digest.check_key(key)
+    collective = getattr(optimizer, "_checkpoint_collective", None)
+    if collective is not None:
+        return _load_collective(optimizer, collective(), path, scheduler, key)
     _check_optimizer(optimizer)
     _check_scheduler(optimizer, scheduler)
-    meta, arrays = _read(path)
-    try:
-        sd, sched_state = _validate(path, meta, arrays, optimizer, scheduler)
-    except (TypeError, AttributeError, KeyError, IndexError, RecursionError) as exc:
-        # only a hand-made file with a valid digest gets here
-        raise ValueError(f"{path}: malformed checkpoint metadata "
-                         f"({type(exc).__name__}: {exc})") from None
-
-    # Commit. load_state_dict validates everything itself before it changes anything;
-    # the steps after it cannot fail on a validated file, but roll back if one does.
-    arena = optimizer.arena
-    backup_sd = optimizer.state_dict()
-    backup_sched = scheduler.state_dict() if scheduler is not None else None
-    backup_data = arena.data.copy()
-    try:
-        optimizer.load_state_dict(sd)
-    except (ValueError, TypeError, KeyError) as exc:    # refused before any change
-        raise ValueError(f"{path}: {exc}") from None
-    try:
-        arena.data[:] = arrays["params"]
-        if scheduler is not None:
-            scheduler.load_state_dict(sched_state)
-    except BaseException:
-        arena.data[:] = backup_data
-        optimizer.load_state_dict(backup_sd)
-        if scheduler is not None:
-            scheduler.load_state_dict(backup_sched)
-        raise
+    params, sd, sched_state, extra, name = _read_checked(path, optimizer, scheduler, key)
+    _commit(name, optimizer, params, sd, scheduler, sched_state)
+    return extra
 
 
-def _validate(path, meta, arrays, optimizer, scheduler):
-    """``(state_dict, scheduler_state)`` from a checked file, after matching it to the objects."""
+def _read_checked(path, optimizer, scheduler, key):
+    """``(params, state_dict, scheduler_state, extra, name)`` from a checked file."""
+    with fmt.read(path) as container:
+        description = digest.verify_header(container, FORMAT, key)
+        try:
+            meta = json.loads(description)
+        except (ValueError, RecursionError) as exc:
+            raise container.bad(f"its metadata is not JSON ({type(exc).__name__})") from None
+        try:
+            plan = _plan(container, meta, optimizer, scheduler)
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError,
+                RecursionError) as exc:
+            if isinstance(exc, ValueError) and str(exc).startswith(str(container.name)):
+                raise
+            # only a hand-made file with a valid checksum gets here
+            raise ValueError(f"{container.name}: malformed checkpoint metadata "
+                             f"({type(exc).__name__}: {exc})") from None
+        arrays = digest.read_verified(container, plan.members)
+    sd = {"state": _fill(plan.state, arrays), "param_groups": plan.groups}
+    return arrays["params"], sd, plan.scheduler, plan.extra, container.name
+
+
+_Plan = namedtuple("_Plan", "members state groups scheduler extra")
+
+
+def _plan(container, meta, optimizer, scheduler):
+    """Check the description and the members' specs against the objects, before any read."""
     def bad(what):
-        return ValueError(f"{path}: {what}")
+        return ValueError(f"{container.name}: {what}")
 
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise container.bad("its metadata does not name the numbaopt checkpoint format")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise container.bad(f"format version {meta.get('format_version')!r}; this numbaopt "
+                            f"reads version {FORMAT_VERSION}")
     arena = optimizer.arena
     name = type(optimizer).__name__
-    if meta.get("optimizer") != name:
+    if meta["optimizer"] != name:
         raise bad(f"the checkpoint holds the state of an optimizer of class "
-                  f"{meta.get('optimizer')}, not {name}")
-    if meta.get("dtype") != arena.dtype.name:
-        raise bad(f"the checkpoint's parameters are {meta.get('dtype')}, the optimizer's are "
+                  f"{meta['optimizer']}, not {name}")
+    if meta["dtype"] != arena.dtype.name:
+        raise bad(f"the checkpoint's parameters are {meta['dtype']}, the optimizer's are "
                   f"{arena.dtype.name}")
     sizes = [int(n) for n in np.diff(arena.group_offsets)]
-    if meta.get("group_sizes") != sizes:
-        raise bad(f"the checkpoint has parameter groups of sizes {meta.get('group_sizes')}, "
+    if meta["group_sizes"] != sizes:
+        raise bad(f"the checkpoint has parameter groups of sizes {meta['group_sizes']}, "
                   f"the optimizer {sizes}")
-    shapes = [list(p.shape) for p in arena.params]
-    saved_shapes = meta.get("shapes")
+    shapes = [list(shape) for shape in arena.shapes]
+    saved_shapes = meta["shapes"]
     if saved_shapes != shapes:
         if not isinstance(saved_shapes, list) or len(saved_shapes) != len(shapes):
             raise bad(f"the checkpoint's parameter shapes {saved_shapes} do not match the "
@@ -378,86 +286,170 @@ def _validate(path, meta, arrays, optimizer, scheduler):
         i = next(i for i, (a, b) in enumerate(zip(saved_shapes, shapes)) if a != b)
         raise bad(f"parameter {i} has shape {tuple(saved_shapes[i])} in the checkpoint and "
                   f"{tuple(shapes[i])} in the optimizer")
-    params = arrays["params"]
-    if params.dtype != arena.dtype or params.shape != (arena.size,):
-        raise bad(f"its 'params' entry is {params.dtype}{list(params.shape)}, expected "
-                  f"{arena.dtype}[{arena.size}]")
 
-    state = {}
-    expected_names = {"params"}
+    specs = container.specs
+    used = set()
+
+    def member(name, where, shape=None, dtype=None):
+        if not isinstance(name, str) or name not in specs:
+            raise bad(f"{where} is stored in member {name!r}, which the file lacks")
+        if name in used:
+            raise bad(f"member {name!r} is listed twice")
+        have_dtype, have_shape = specs[name]
+        if dtype is not None and have_dtype != dtype:
+            raise bad(f"member {name!r} ({where}) is {have_dtype}, expected {dtype}")
+        if shape is not None and have_shape != tuple(shape):
+            raise bad(f"member {name!r} ({where}) has shape {have_shape}, expected "
+                      f"{tuple(shape)}")
+        used.add(name)
+        return _Member(name)
+
+    member("params", "the parameters", (arena.size,), arena.dtype)
     scalar_keys = {"step"} | set(getattr(optimizer, "_scalar_state", ()))
     shaped_keys = set(getattr(optimizer, "_state_keys", ()))   # others are the user's own
-    # Optimizers whose load_state_dict checks every shape (the built-in ones; Adafactor's
-    # and LBFGS's state is not shaped like the parameters) are trusted with it.
+    # Optimizers whose load_state_dict checks every shape (LBFGS, Adafactor: their state
+    # is not shaped like the parameters) are trusted with it.
     check_shapes = not getattr(optimizer, "_validates_state_shapes", False)
-
-    def member_array(member, where, want):
-        if member not in arrays:
-            raise bad(f"it lacks the array {member!r}")
-        value = arrays[member]
-        if want is not None and value.shape != want:
-            raise bad(f"{where} has shape {value.shape}, expected {want}")
-        if value.dtype.kind not in "biuf":
-            raise bad(f"{where} has dtype {value.dtype}")
-        expected_names.add(member)
-        return value
-
-    for entry in meta.get("state", []):
-        try:
-            i, keys = int(entry[0]), list(entry[1])
-            kinds = dict(entry[2]) if len(entry) > 2 else {}
-        except (TypeError, ValueError, IndexError):
-            raise bad(f"malformed state listing {entry!r}") from None
-        if not 0 <= i < len(arena):
-            raise bad(f"state of parameter {i}, but the optimizer has {len(arena)} parameters")
+    state = {}
+    for entry in meta["state"]:
+        i, listing = entry
+        if not isinstance(i, int) or not 0 <= i < len(arena):
+            raise bad(f"state of parameter {i!r}, but the optimizer has {len(arena)} parameters")
+        if i in state:
+            raise bad(f"the state of parameter {i} is listed twice")
         state[i] = {}
-        for key in keys:
-            member = f"state/{i}/{key}"
-            where = f"state[{i}][{key!r}]"
-            kind = kinds.get(key, ["array"])
-            if not isinstance(kind, list) or not kind:
-                raise bad(f"malformed state listing {entry!r}")
-            if kind[0] == "value" and len(kind) == 2:
-                state[i][key] = _decode(kind[1])
-            elif kind[0] == "list" and len(kind) == 3 and isinstance(kind[1], int):
-                nones = set(kind[2]) if isinstance(kind[2], list) else None
-                if nones is None or kind[1] < 0:
-                    raise bad(f"malformed state listing {entry!r}")
-                state[i][key] = [None if j in nones else
-                                 member_array(f"{member}/{j}", f"{where}[{j}]", None)
-                                 for j in range(kind[1])]
-            elif kind == ["array"]:
-                # per-parameter scalars (step, NAdam's mu_product, ASGD's eta and mu) are 0-d
-                want = () if key in scalar_keys else tuple(shapes[i])
-                check = check_shapes and (key in scalar_keys or key in shaped_keys)
-                state[i][key] = member_array(member, where, want if check else None)
+        for k, kind in listing:
+            k = decode(k)
+            where = f"state[{i}][{k!r}]"
+            if kind[0] == "array" and len(kind) == 2:
+                want = None
+                if check_shapes and k in scalar_keys:
+                    want = ()                        # step and NAdam's mu_product are 0-d
+                elif check_shapes and k in shaped_keys:
+                    want = shapes[i]
+                state[i][k] = member(kind[1], where, want)
+            elif kind[0] == "list" and len(kind) == 2 and isinstance(kind[1], list):
+                # (as long as the JSON list: bounded by the header, as all of the metadata)
+                state[i][k] = [None if m is None else member(m, f"{where}[{j}]")
+                               for j, m in enumerate(kind[1])]
+            elif kind[0] == "value" and len(kind) == 2:
+                state[i][k] = decode(kind[1])
             else:
-                raise bad(f"malformed state listing {entry!r}")
-    extra = sorted(set(arrays) - expected_names)
-    if extra:
-        raise bad(f"unexpected entries {extra}")
-    groups = [_decode(g) for g in meta.get("param_groups", [])]
+                raise bad(f"malformed state listing of parameter {i}: {kind!r}")
+    unexpected = sorted(set(specs) - used)
+    if unexpected:
+        raise bad(f"unexpected members {unexpected}")
+    groups = [decode(g) for g in meta["param_groups"]]
     if len(groups) != len(sizes) or not all(isinstance(g, dict) for g in groups):
         raise bad("its param_groups do not match its group sizes")
-    other = _decode(meta.get("other_state", {}))
+    other = decode(meta["other_state"])
     if not isinstance(other, dict) or any(isinstance(k, int) for k in other):
         raise bad("malformed other_state")
     state.update(other)
-    sd = {"state": state, "param_groups": groups}
+    extra = decode(meta["extra"]) if meta["extra"] is not None else {}
+    if not isinstance(extra, dict):
+        raise bad("malformed extra")
+    return _Plan(sorted(used), state, groups, _scheduler_state(bad, meta, scheduler), extra)
 
-    saved_sched = meta.get("scheduler")
-    sched_state = None
+
+class _Member(str):
+    """A placeholder in the planned state for the array of a member, filled after reading."""
+
+
+def _fill(state, arrays):
+    def fill(value):
+        if isinstance(value, _Member):
+            return arrays[value]
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return value
+    return {i: {k: fill(v) for k, v in entry.items()} if isinstance(i, int) else entry
+            for i, entry in state.items()}
+
+
+def _scheduler_state(bad, meta, scheduler):
+    saved = meta["scheduler"]
+    if scheduler is None:
+        return None
+    name = type(scheduler).__name__
+    if saved is None:
+        raise bad(f"the checkpoint holds no scheduler state to load into the {name}")
+    if saved["class"] != name:
+        raise bad(f"the checkpoint holds the state of a scheduler of class {saved['class']}, "
+                  f"not {name}")
+    state = decode(saved["state"])
+    current = scheduler.state_dict()
+    if not isinstance(state, dict) or set(state) != set(current):
+        got = sorted(state) if isinstance(state, dict) else state
+        raise bad(f"the saved {name} state has keys {got}, the scheduler {sorted(current)}")
+    return state
+
+
+def _commit(name, optimizer, params, sd, scheduler, sched_state):
+    """Load a validated file's contents. load_state_dict validates everything itself
+    before it changes anything; the steps after it cannot fail on a validated file,
+    but are rolled back if one does."""
+    arena = optimizer.arena
+    backup_sd = optimizer.state_dict()
+    backup_sched = scheduler.state_dict() if scheduler is not None else None
+    backup_data = np.array(arena.to_host(arena.data), copy=True)
+    try:
+        optimizer.load_state_dict(sd)
+    except (ValueError, TypeError, KeyError) as exc:    # refused before any change
+        raise ValueError(f"{name}: {exc}") from None
+    try:
+        _set_data(arena, params)
+        if scheduler is not None:
+            scheduler.load_state_dict(sched_state)
+    except BaseException:
+        _set_data(arena, backup_data)
+        optimizer.load_state_dict(backup_sd)
+        if scheduler is not None:
+            scheduler.load_state_dict(backup_sched)
+        raise
+
+
+def _set_data(arena, values):
+    if isinstance(arena.data, np.ndarray):
+        arena.data[:] = values
+    elif values.size:
+        arena.data.copy_to_device(np.ascontiguousarray(values, dtype=arena.dtype))
+
+
+# ------------------------------------------------------------------ distributed writers
+def _save_collective(optimizer, ctx, path, scheduler, extra, key):
+    """save() through ``optimizer._checkpoint_collective()``: every rank calls it, one
+    writes; an error on the writer is raised on every rank (``ctx.agree``)."""
+    _check_scheduler(optimizer, scheduler)
+    error = None
+    try:
+        snap = ctx.snapshot()              # collective; the writer's copy, None elsewhere
+        if ctx.writer:
+            _check_optimizer(ctx.optimizer)
+            _write(path, ctx.optimizer, *snap, scheduler, extra, key)
+    except Exception as exc:
+        error = exc
+    ctx.agree(error)
+    if error is not None:                  # a rank other than the writer failed alone
+        raise error
+
+
+def _load_collective(optimizer, ctx, path, scheduler, key):
+    """load() through ``optimizer._checkpoint_collective()``: one rank reads and checks
+    the file, ``ctx.load`` hands every rank its state, or every rank raises."""
+    _check_scheduler(optimizer, scheduler)
+    error, loaded, sched_state, extra = None, None, None, None
+    if ctx.writer:
+        try:
+            _check_optimizer(ctx.optimizer)
+            params, sd, sched_state, extra, _ = _read_checked(path, ctx.optimizer, scheduler,
+                                                              key)
+            loaded = (params, sd)
+        except Exception as exc:
+            error = exc
+    ctx.agree(error)
+    ctx.load(loaded)
+    sched_state, extra = ctx.bcast((sched_state, extra))
     if scheduler is not None:
-        sched_name = type(scheduler).__name__
-        if saved_sched is None:
-            raise bad(f"the checkpoint holds no scheduler state to load into the {sched_name}")
-        if saved_sched.get("class") != sched_name:
-            raise bad(f"the checkpoint holds the state of a scheduler of class "
-                      f"{saved_sched.get('class')}, not {sched_name}")
-        sched_state = _decode(saved_sched.get("state"))
-        current = scheduler.state_dict()
-        if not isinstance(sched_state, dict) or set(sched_state) != set(current):
-            got = sorted(sched_state) if isinstance(sched_state, dict) else sched_state
-            raise bad(f"the saved {sched_name} state has keys {got}, the scheduler "
-                      f"{sorted(current)}")
-    return sd, sched_state
+        scheduler.load_state_dict(sched_state)
+    return extra

@@ -14,28 +14,29 @@ each a different part of the batch, and wrap the optimizer::
         opt.step()                           # average across ranks, then step
 
 Because every gradient of an optimizer lives in one flat arena, averaging is
-ONE in-place ``Allreduce`` over ``arena.grad`` (plus one over the per-parameter
-``has_grad`` flags, one byte per parameter), not one collective per tensor.
+ONE in-place ``Allreduce`` over ``arena.grad``, plus one small control
+``Allreduce`` (the has-grad flags, one byte per parameter, and a header that
+checks every rank is in the same call with the same options), not one
+collective per tensor. ``synchronize()`` averages now, for code that must see
+the averaged gradient before the step (``numbaopt.utils.clip_grad_norm_(opt,
+...)`` calls it), as in Horovod.
 
 Gradients that are None on some ranks follow torch's DistributedDataParallel:
-a parameter's averaged gradient is the sum over ranks of each rank's gradient,
-counting zero where a rank has none, divided by the number of ranks; the
-parameter has a gradient (and is stepped) if any rank gave it one, and is
-skipped everywhere if no rank did.
+the sum over ranks, counting zero where a rank has none, divided by the number
+of ranks; the parameter is stepped if any rank gave it a gradient.
 
 ``shard=True`` is ZeRO stage 1: each rank keeps optimizer state only for its
 contiguous slice of the arena (1/N of the elements), reduce-scatters the
-gradients, updates its slice and all-gathers the parameters. The numbers equal
-the unsharded run. See docs/distributed.md for when to shard and for CUDA arenas.
+gradients, updates its slice and all-gathers the parameters, on host or GPU
+arenas. The numbers equal the unsharded run.
+
+A failing rank ends the job: once a DistributedOptimizer exists, an uncaught
+exception calls ``MPI_Abort`` (as ``python -m mpi4py`` does), and a rank that
+ends (its script returns, ``sys.exit``) while another still calls ``step()``
+makes that one raise, which aborts too (see ``numbaopt._distributed.control``).
 """
 
-import ctypes
-import inspect
-import os
-import zlib
-from collections.abc import Mapping
-
-import numpy as np
+import weakref
 
 try:
     from mpi4py import MPI
@@ -44,25 +45,27 @@ except (ImportError, RuntimeError) as exc:   # RuntimeError: mpi4py found no MPI
         "numbaopt.distributed needs mpi4py and an MPI library: "
         f"pip install 'numbaopt[distributed]' (installs mpi4py and MPICH from PyPI); {exc}") from exc
 
-from .kernels.cpu import _zero_missing_grads
-from .kernels.finite import grads_finite, grads_finite_parallel
+import numpy as np
+
+from . import utils
+from ._distributed import clip, control, transport
+from ._distributed.control import (ADD_GROUP, BROADCAST, LOAD, STATE_DICT, STEP, STEP_SYNCED,
+                                   SYNC)
+from ._distributed.files import CheckpointContext
+from ._distributed.rounds import CollectiveCalls
+from ._distributed.shard import LocalStateView, ShardedState, set_options
 from .optim.optimizer import Optimizer
-from .parameter import Parameter
 
 __all__ = ["DistributedOptimizer", "broadcast_parameters"]
 
-_SHARDED = ("its optimizer state is sharded across ranks by numbaopt.distributed."
-            "DistributedOptimizer: step, save and load through the DistributedOptimizer")
-
-
-class DistributedOptimizer(Optimizer):
+class DistributedOptimizer(CollectiveCalls, ShardedState, Optimizer):
     """Average gradients across MPI ranks, then step; optionally shard the state (ZeRO-1).
 
     ``step()`` on every rank, with ``N`` ranks and ``g_r`` rank r's gradient
     (zero where rank r's is None)::
 
+        has_grad = OR over ranks of has_grad     the control Allreduce (one byte each)
         g = (g_0 + g_1 + ... + g_{N-1}) / N     one in-place Allreduce over arena.grad
-        has_grad = OR over ranks of has_grad     one Allreduce over the flags
         optimizer.step()                         the wrapped optimizer, unchanged
 
     With ``shard=True`` the arena is cut into N contiguous slices of equal size
@@ -73,14 +76,32 @@ class DistributedOptimizer(Optimizer):
         the private optimizer steps slice r (state: 1/N of the arena)
         Allgatherv(slices) -> arena.data     every rank holds all parameters again
 
+    ``synchronize()`` does the averaging now and the next ``step()`` does not do it
+    again (Horovod's shape): clip or inspect the averaged gradient in between.
+    ``numbaopt.utils.clip_grad_norm_(opt, ...)``, ``clip_grad_value_`` and
+    ``clip_grads_with_norm_`` given a DistributedOptimizer synchronize first, so
+    they clip the averaged gradient as torch's DDP does (sharded: the total norm
+    over all slices). Plain, ``p.grad`` is then the average; sharded, each rank holds
+    the average of its slice only (``local_optimizer.arena.grad``).
+
+    Every rank must build the same optimizer: the same parameters (layout, dtype,
+    groups), class, options, ``skip_nonfinite`` and ``shard``. That is checked
+    here, and the options again at every step after they changed (a scheduler, an
+    edit of ``param_groups``: a digest in the control Allreduce, no extra
+    collective); a difference raises ValueError on every rank. Every collective
+    call (``step``, ``synchronize``, sharded ``state_dict``, ``load_state_dict``,
+    ``add_param_group``, ``broadcast_parameters``) must be made by every rank in
+    the same order; calls that do not match raise RuntimeError on every rank.
+
     Parameters
     ----------
     optimizer : numbaopt.optim.Optimizer
-        The optimizer to wrap, built over the same parameters (same shapes, dtype
-        and groups, in the same order) on every rank. Once wrapped, step, save
+        The optimizer to wrap, built alike on every rank. Once wrapped, step, save
         and load through the DistributedOptimizer only; with ``shard=True`` the
         wrapped optimizer's state buffers are released and it refuses to step.
     comm : mpi4py.MPI.Comm, default MPI.COMM_WORLD
+        Its ranks take part (the optimizer talks on a duplicate of it, so its own
+        messages never mix with yours).
     shard : bool, default False
         Keep each rank's optimizer state for its slice of the arena only.
     cuda_aware : bool or None, default None
@@ -91,16 +112,26 @@ class DistributedOptimizer(Optimizer):
 
     ``param_groups``, ``defaults``, ``arena`` and ``zero_grad`` are the wrapped
     optimizer's, so learning-rate schedulers work on the DistributedOptimizer.
-    ``state_dict()`` is an ordinary single-process state_dict (gathered from
-    the shards when sharded) and ``load_state_dict`` takes one; both are
-    collective when sharded (every rank must call them).
+    ``state_dict()`` is an ordinary single-process state_dict (gathered from the
+    shards when sharded) and ``load_state_dict`` takes one; both are collective
+    when sharded. ``numbaopt.save(path, opt)`` / ``numbaopt.load(path, opt)`` are
+    collective: rank 0 writes (or reads) the file a single-process optimizer of the
+    wrapped class would, so one process loads it, and so does any number of ranks,
+    sharded or not.
+
+    Building one installs the abort hook: in a job of several ranks an uncaught
+    exception prints its traceback and calls ``MPI_Abort`` on ``COMM_WORLD``, so
+    one failing rank ends the job (``sys.excepthook = sys.__excepthook__`` undoes it).
+    A rank that ends (its script returns, ``sys.exit``) while the others wait in a
+    collective call of this optimizer makes them raise RuntimeError, which aborts.
 
     Examples
     --------
     >>> opt = DistributedOptimizer(optim.SGD(params, lr=0.1, momentum=0.9), shard=True)
     >>> broadcast_parameters(opt)
-    >>> opt.zero_grad(); set_my_gradients(); opt.step()
-    >>> sd = opt.state_dict()     # on every rank; loadable by optim.SGD(params)
+    >>> opt.zero_grad(); set_my_gradients()
+    >>> numbaopt.utils.clip_grad_norm_(opt, 1.0)     # the averaged gradient's norm
+    >>> opt.step()
     """
 
     # Not calling Optimizer.__init__ is deliberate: everything is delegated to
@@ -120,6 +151,7 @@ class DistributedOptimizer(Optimizer):
             raise RuntimeError(f"cannot wrap this {type(optimizer).__name__}: it can no longer "
                                f"step ({optimizer.arena.stale})")
         _check_supported(optimizer, shard)
+        control.install_abort_hook()
         self._init_hooks()      # step hooks run around the collective step
         self.optimizer = optimizer
         self.comm = MPI.COMM_WORLD if comm is None else comm
@@ -127,15 +159,23 @@ class DistributedOptimizer(Optimizer):
         self.world_size = self.comm.Get_size()
         self.shard = bool(shard)
         self._cuda_aware = cuda_aware
-        self._staging = None
+        self._staging = transport.Staging()
+        self._mode = (None, None)
         self._local = None
         self._arena = optimizer.arena
-        _check_same_layout(self.comm, self._arena)
+        self._synchronized = False
+        self._digest = None
+        self._seen_args = self._seen_skip = None
+        self._own_flags = np.zeros(len(self._arena), dtype=np.bool_)
+        self._comm = self.comm.Dup()     # collective, as building the optimizer is
+        self._control = control.Control(self._comm, len(self._arena))
+        utils._DISTRIBUTED[self._arena] = weakref.ref(self)
+        try:
+            self._check_agreement()
+        except ValueError as exc:    # refused on every rank: no leaving round here at exit
+            self._control.link.broken = str(exc)
+            raise
         if self.shard:
-            if self.device != "cpu" or _on_device(self._arena.grad):
-                raise NotImplementedError(
-                    "shard=True on a CUDA arena is not supported yet; use shard=False "
-                    "(gradient averaging works on CUDA arenas)")
             self._build_local()
             self._copy_state_from_full()
             self._release_full_state()
@@ -186,10 +226,11 @@ class DistributedOptimizer(Optimizer):
         holds part of, as flat live views; ``state_dict()`` gives the whole state."""
         if not self.shard:
             return self.optimizer.state
-        return _LocalStateView(self)
+        return LocalStateView(self)
 
     def zero_grad(self, set_to_none=True):
         """The wrapped optimizer's ``zero_grad`` (local; no communication)."""
+        self._synchronized = False
         self.optimizer.zero_grad(set_to_none)
 
     # -- stepping --------------------------------------------------------------------
@@ -197,86 +238,88 @@ class DistributedOptimizer(Optimizer):
         """Average the gradients across ranks and take one optimization step (collective).
 
         ``closure`` (optional) computes this rank's gradients and returns its loss;
-        it is called once, before the averaging, and its value is returned.
+        it is called once, before the averaging, and its value is returned. After
+        ``synchronize()`` the gradients are not averaged again (whatever the closure
+        does to them).
         """
         loss = None
         if closure is not None:
             loss = closure()
-        if self.optimizer.arena is not self._arena:
-            self._adopt_new_arena()    # add_param_group was called on the wrapped optimizer
+        if self._synchronized:
+            self._synchronized = False
+            if self.shard or self._options_changed():
+                self._round(STEP_SYNCED, check_options=True)
+        else:
+            self._average(STEP)
         if not self.shard:
-            _average_gradients(self.comm, self._arena, self._device_mode())
             self.optimizer.step()
-        elif not self._step_sharded():
+        elif not self._step_slice():
             return None
         if getattr(self.optimizer, "found_nonfinite", False):
             return None
         return loss
 
-    def _step_sharded(self):
-        """One ZeRO-1 step. Returns False when skipped for non-finite gradients."""
-        comm, arena, local = self.comm, self._arena, self._local
+    def synchronize(self):
+        """Average the gradients across ranks now (collective); the next ``step()`` will not.
+
+        Plain, ``arena.grad`` (every ``p.grad``) then holds the average on every rank;
+        sharded, this rank's slice of the average is in ``local_optimizer.arena.grad``.
+        A second call before ``step()`` or ``zero_grad()`` does nothing.
+        """
+        if not self._synchronized:
+            self._average(SYNC)
+            self._synchronized = True
+
+    def _average(self, op):
+        self._round(op, flags=True, check_options=True)
+        arena, mode = self._arena, self._device_mode()
+        if self.shard:
+            la = self._local.arena
+            transport.reduce_scatter(self._comm, arena.grad, self._own_flags, arena.offsets,
+                                     self._recv(la.grad), self._counts, mode)
+            np.take(arena.has_grad, self._piece_param, out=la.has_grad)
+        else:
+            transport.average(self._comm, arena.grad, self._own_flags, arena.offsets, mode)
+
+    def _step_slice(self):
+        """Step this rank's slice and all-gather the parameters. False when skipped (non-finite)."""
+        arena, local = self._arena, self._local
         la = local.arena
-        self._sync_groups()
-        _zero_missing_grads(arena.grad, arena.has_grad, arena.offsets)
-        comm.Allreduce(MPI.IN_PLACE, arena.has_grad, op=MPI.LOR)
-        comm.Reduce_scatter(arena.grad, self._recv(la.grad), recvcounts=self._counts, op=MPI.SUM)
-        if self.world_size > 1:
-            np.divide(la.grad, self.world_size, out=la.grad)
-        np.take(arena.has_grad, self._piece_param, out=la.has_grad)
+        mode = self._device_mode()
         # The full arena is the parameters' storage (users and broadcast_parameters
         # write there): refresh this rank's slice before stepping it.
-        la.data[:] = arena.data[self._lo:self._hi]
+        if mode is None:
+            la.data[:] = arena.data[self._lo:self._hi]
+        elif la.size:
+            la.data.copy_to_device(arena.data[self._lo:self._hi])
         opt = self.optimizer
         if getattr(opt, "skip_nonfinite", False):
-            finite = _grads_finite(la, local.parallel_threshold)
-            finite = np.array([finite], dtype=np.bool_)
-            comm.Allreduce(MPI.IN_PLACE, finite, op=MPI.LAND)
+            finite = np.array([bool(local._finite())], dtype=np.bool_)
+            self._comm.Allreduce(MPI.IN_PLACE, finite, op=MPI.LAND)
             opt.found_nonfinite = not bool(finite[0])
             if opt.found_nonfinite:
                 opt.skipped_steps += 1
                 return False
         # Always step, even an empty slice: its option checks must raise on every rank.
         local.step()
-        comm.Allgatherv(self._recv(la.data), [arena.data, (self._counts, self._displs)])
+        transport.allgather(self._comm, self._recv(la.data), arena.data, self._counts,
+                            self._displs, mode)
         return True
-
-    def _sync_groups(self):
-        """Copy every option of the wrapped groups (lr set by a scheduler, ...) into the local optimizer."""
-        outer, inner = self.optimizer.param_groups, self._local.param_groups
-        if len(outer) != len(inner):
-            raise RuntimeError(
-                "param_groups was changed in place; use add_param_group to add parameters")
-        for go, gi in zip(outer, inner):
-            for key, value in go.items():
-                if key in ("params", "param_names"):
-                    continue
-                if key not in gi or not _same(gi[key], value):
-                    gi[key] = value
-            for key in [k for k in gi if k != "params" and k not in go]:
-                del gi[key]
 
     # -- groups ----------------------------------------------------------------------
     def add_param_group(self, param_group):
         """Add a group on every rank (collective); sharded state is kept and re-sharded."""
-        # Sharded, the wrapped optimizer's arena is stale; the grown one is not,
-        # and it starts with full-size state buffers until _adopt_new_arena.
-        self.optimizer.add_param_group(param_group)
-        self._adopt_new_arena()
-
-    def _adopt_new_arena(self):
-        """The wrapped optimizer grew its arena: check it matches across ranks, re-shard."""
-        new = self.optimizer.arena
-        _check_same_layout(self.comm, new)
-        if self.shard:
-            # The old arena's layout is a prefix of the new one; gather the old
-            # shards' state into it, then cut the whole arena anew.
-            self._gather_full_state(new, root=None)
-            self._arena = new
-            self._build_local()
-            self._copy_state_from_full()
-            self._release_full_state()
-        self._arena = new
+        if self._synchronized:
+            raise RuntimeError("add_param_group between synchronize() and step(): add groups "
+                               "before synchronize() or after step()")
+        error = None
+        try:
+            # Sharded, the wrapped optimizer's arena is stale; the grown one is not,
+            # and it starts with full-size state buffers until _adopt_new_arena.
+            self.optimizer.add_param_group(param_group)
+        except Exception as exc:   # noqa: BLE001 - reported in the round, raised on every rank
+            error = exc
+        self._round(ADD_GROUP, error=error)
 
     # -- state_dict ------------------------------------------------------------------
     def state_dict(self, root=None):
@@ -289,6 +332,7 @@ class DistributedOptimizer(Optimizer):
             _check_root(self.comm, root)
         if not self.shard:
             return self.optimizer.state_dict() if root in (None, self.rank) else None
+        self._round(STATE_DICT)
         here = root is None or root == self.rank
         self._gather_full_state(self._arena, root)
         try:
@@ -306,20 +350,20 @@ class DistributedOptimizer(Optimizer):
         keeps its slice of the state; with ``root=r`` it is validated on rank r
         only, its groups are broadcast and each rank receives only its slice
         (Scatterv). A dict refused on any rank is refused on every rank, and
-        nothing changes.
+        nothing changes. The number of ranks and ``shard`` of the run that wrote
+        the dict do not matter: it is a whole, single-process state_dict.
         """
-        comm = self.comm
+        comm = self._comm
         if root is not None:
             _check_root(comm, root)
         if not self.shard:
             if root is not None:
+                self._round(LOAD)
                 state_dict = comm.bcast(state_dict if self.rank == root else None, root=root)
             self.optimizer.load_state_dict(state_dict)
             return
-        if self.optimizer.arena is not self._arena:
-            self._adopt_new_arena()
-        opt = self.optimizer
-        arena = self._arena
+        self._round(LOAD)
+        opt, arena = self.optimizer, self._arena
         loads_here = root is None or root == self.rank
         before = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
         error = None
@@ -335,7 +379,7 @@ class DistributedOptimizer(Optimizer):
             refused = comm.allgather(None if error is None else f"{type(error).__name__}: {error}")
             if any(r is not None for r in refused):
                 for group, options in zip(opt.param_groups, before):
-                    _set_options(group, options)
+                    set_options(group, options)
                 self._release_full_state()
                 if error is not None:
                     raise error
@@ -352,147 +396,45 @@ class DistributedOptimizer(Optimizer):
                 self._release_full_state()
                 raise error
             raise ValueError(f"rank {root} refused the state_dict: {verdict}")
-        groups = comm.bcast([{k: v for k, v in g.items() if k != "params"}
-                             for g in opt.param_groups] if loads_here else None, root=root)
-        if not loads_here:
-            for group, options in zip(opt.param_groups, groups):
-                _set_options(group, options)
-        keys = comm.bcast(sorted(arena.state) if loads_here else None, root=root)
-        self._build_local()
-        comm.Bcast(arena.step, root=root)
-        if arena.scalars.size:
-            comm.Bcast(arena.scalars, root=root)
-        la = self._local.arena
-        np.take(arena.step, self._piece_param, out=la.step)
-        la.scalars[:] = arena.scalars[self._piece_param]
-        for key in sorted(la.state):
-            if key in keys:
-                full = [arena.state[key], (self._counts, self._displs)] if loads_here else None
-                comm.Scatterv(full, self._recv(la.state[key]), root=root)
+        self._scatter_full_state(root)
         self._release_full_state()
 
-    # -- sharding internals ----------------------------------------------------------
-    def _build_local(self):
-        """Cut the arena into N equal contiguous slices and build this rank's optimizer.
+    def _checkpoint_collective(self):
+        """How ``numbaopt.save`` and ``numbaopt.load`` handle this optimizer: collectively,
+        rank 0 writing or reading the file of the wrapped optimizer's whole state."""
+        return CheckpointContext(self)
 
-        The local optimizer has the wrapped one's class, defaults and groups (all
-        of them, some maybe empty) over proxy Parameters, one per piece of a
-        parameter that lies in the slice, so its arena is exactly the slice.
-        """
-        opt, arena = self.optimizer, self._arena
-        n, size = arena.size, self.world_size
-        self._bounds = np.arange(size + 1, dtype=np.int64) * n // size
-        self._counts = np.diff(self._bounds)
-        self._displs = self._bounds[:-1].copy()
-        lo, hi = int(self._bounds[self.rank]), int(self._bounds[self.rank + 1])
-        self._lo, self._hi = lo, hi
-        piece_param, piece_lo, piece_hi = _pieces(arena.offsets, self._bounds, self.rank)
-        self._piece_param = piece_param
-        # The piece holding a parameter's first element speaks for its step count.
-        self._primary = piece_lo == arena.offsets[piece_param]
-        self._proxies = [Parameter(arena.data[a:b].copy()) for a, b in zip(piece_lo, piece_hi)]
-        self._proxy_of = {id(arena.params[i]): k for k, i in enumerate(piece_param)}
-        groups = []
-        for g, group in enumerate(opt.param_groups):
-            options = {k: v for k, v in group.items() if k not in ("params", "param_names")}
-            members = [self._proxies[k] for k in np.flatnonzero(arena.param_group[piece_param] == g)]
-            groups.append(dict(options, params=members))
-        cls = type(opt)
-        accepted = inspect.signature(cls.__init__).parameters
-        kwargs = {k: v for k, v in opt.defaults.items() if k in accepted}
-        if "skip_nonfinite" in accepted:
-            kwargs["skip_nonfinite"] = False   # decided for all ranks together in _step_sharded
-        local = cls(groups, **kwargs)
-        local.defaults = dict(opt.defaults)
-        local.parallel_threshold = opt.parallel_threshold
-        if local.arena.size != hi - lo:
-            raise AssertionError("the local optimizer's arena is not this rank's slice")
-        self._local = local
+    # -- clipping (numbaopt.utils calls these) ---------------------------------------
+    def _clip_grad_norm_(self, max_norm, norm_type=2.0, error_if_nonfinite=False):
+        return clip.clip_grad_norm(self, max_norm, norm_type, error_if_nonfinite)
 
-    def _copy_state_from_full(self):
-        """Fill the local optimizer's state from the full state held by the wrapped arena."""
-        arena, la = self._arena, self._local.arena
-        np.take(arena.step, self._piece_param, out=la.step)
-        # Per-parameter scalar state (NAdam's mu_product, ASGD's eta and mu): every piece of
-        # a parameter holds the parameter's values, as the step count.
-        la.scalars[:] = arena.scalars[self._piece_param]
-        for key, buf in la.state.items():
-            if key in arena.state:
-                buf[:] = arena.state[key][self._lo:self._hi]
+    def _clip_grads_with_norm_(self, max_norm, total_norm):
+        return clip.clip_grads_with_norm(self, max_norm, total_norm)
 
-    def _gather_full_state(self, target, root):
-        """Assemble the shards' state into ``target``'s buffers (every rank, or ``root``).
+    def _clip_grad_value_(self, clip_value):
+        return clip.clip_grad_value(self, clip_value)
 
-        ``target`` is the wrapped arena, or a grown one whose prefix is the layout
-        the shards were cut from. Returns the state names gathered.
-        """
-        comm, la = self.comm, self._local.arena
-        here = root is None or root == self.rank
-        keys = sorted(la.state)
-        if len(set(map(tuple, comm.allgather(keys)))) != 1:
-            raise RuntimeError("the ranks' local optimizers hold different state buffers")
-        nparams = len(self._arena)
-        n = int(self._bounds[-1])
-        step = np.zeros(nparams, dtype=np.float64)
-        step[self._piece_param[self._primary]] = la.step[self._primary]
-        if root is None:
-            comm.Allreduce(MPI.IN_PLACE, step, op=MPI.SUM)
-        else:
-            comm.Reduce(MPI.IN_PLACE if here else step, step if here else None,
-                        op=MPI.SUM, root=root)
-        if here:
-            target.step[:nparams] = step
-        scalars = np.zeros((nparams, la.scalars.shape[1]), dtype=np.float64)
-        scalars[self._piece_param[self._primary]] = la.scalars[self._primary]
-        if scalars.size:
-            if root is None:
-                comm.Allreduce(MPI.IN_PLACE, scalars, op=MPI.SUM)
-            else:
-                comm.Reduce(MPI.IN_PLACE if here else scalars, scalars if here else None,
-                            op=MPI.SUM, root=root)
-        if here:
-            full_scalars = target.scalar_values().copy()
-            full_scalars[:nparams] = scalars
-            target.scalars = full_scalars
-        for key in keys:
-            full = np.zeros(target.size, dtype=target.dtype) if here else None
-            spec = [full[:n], (self._counts, self._displs)] if here else None
-            if root is None:
-                comm.Allgatherv(self._recv(la.state[key]), spec)
-            else:
-                comm.Gatherv(self._recv(la.state[key]), spec, root=root)
-            if here:
-                old = target.state.get(key)
-                if old is not None and old.size > n:
-                    full[n:] = old[n:]   # state of parameters added since (Adagrad's "sum")
-                target.state[key] = full
-        return keys
-
-    def _release_full_state(self):
-        """Drop the wrapped optimizer's full-size state buffers; it refuses to step from now on."""
-        opt = self.optimizer
-        opt.arena.state.clear()
-        opt.arena.stale = _SHARDED
-        # The cached kernel arguments still reference the buffers; the stale arena
-        # makes step() raise before they could be used (see the report's core hook).
-        opt._args = None
-
-    def _recv(self, buf):
-        # An empty slice's optimizer has no parameters and defaults to float32.
-        return buf if buf.dtype == self._arena.dtype else np.empty(0, self._arena.dtype)
-
-    def _device_mode(self):
-        if not _on_device(self._arena.grad):
-            return None
-        if self._cuda_aware is None:
-            self._cuda_aware = _query_cuda_aware()
-        if self._cuda_aware:
-            return "cuda-aware"
-        if self._staging is None or self._staging.size != self._arena.size:
-            self._staging = _host_buffer(self._arena.size, self._arena.dtype)
-        return self._staging
+    def _clipping_parameters(self):
+        """utils clips this optimizer's parameters (or the wrapped optimizer) directly."""
+        if self.shard:
+            raise NotImplementedError(
+                "these parameters belong to a sharded DistributedOptimizer, whose averaged "
+                "gradient lives in slices: clip through the optimizer itself, "
+                "clip_grad_norm_(opt, ...), for the total norm over every rank's slice")
+        self.synchronize()
 
     # -- misc ------------------------------------------------------------------------
+    def _device_mode(self):
+        """How the arena's buffers meet MPI: None (host), "cuda-aware" or the staging buffers."""
+        if self._mode[0] is not self._arena:
+            mode = None
+            if transport.on_device(self._arena.grad):
+                if self._cuda_aware is None:
+                    self._cuda_aware = transport.query_cuda_aware()
+                mode = "cuda-aware" if self._cuda_aware else self._staging
+            self._mode = (self._arena, mode)
+        return self._mode[1]
+
     def __reduce_ex__(self, protocol):
         raise TypeError("a DistributedOptimizer cannot be pickled or copied: save its "
                         "state_dict() (a full, ordinary one) instead")
@@ -511,29 +453,21 @@ def broadcast_parameters(optimizer, root=0, comm=None, *, cuda_aware=None):
     communicator is used) or a plain numbaopt optimizer (``comm`` or
     MPI.COMM_WORLD). ``cuda_aware`` as in DistributedOptimizer. Collective.
     """
-    if isinstance(optimizer, DistributedOptimizer):
-        comm = optimizer.comm if comm is None else comm
-        cuda_aware = optimizer._cuda_aware if cuda_aware is None else cuda_aware
-    elif not isinstance(optimizer, Optimizer):
+    if isinstance(optimizer, DistributedOptimizer) and comm in (None, optimizer.comm):
+        _check_root(optimizer.comm, root)
+        optimizer._round(BROADCAST)
+        transport.broadcast(optimizer._comm, optimizer._arena.data, root,
+                            optimizer._cuda_aware if cuda_aware is None else cuda_aware)
+        return
+    if not isinstance(optimizer, Optimizer):
         raise TypeError("broadcast_parameters takes a numbaopt optimizer, got "
                         f"{type(optimizer).__module__}.{type(optimizer).__qualname__}")
     comm = MPI.COMM_WORLD if comm is None else comm
     _check_root(comm, root)
-    data = optimizer.arena.data
-    if not _on_device(data):
-        comm.Bcast(data, root=root)
-        return
-    device = _device_array(data)
-    if _query_cuda_aware() if cuda_aware is None else cuda_aware:
-        _cuda().synchronize()
-        comm.Bcast(_mpi_buffer(device), root=root)
-    else:
-        host = device.copy_to_host()
-        comm.Bcast(host, root=root)
-        device.copy_to_device(host)
+    transport.broadcast(comm, optimizer.arena.data, root, cuda_aware)
 
 
-# -- collectives on an arena ------------------------------------------------------------
+# -- checks -------------------------------------------------------------------------------
 def _check_supported(optimizer, shard):
     """Refuse what averaging the dense gradients once per step would get wrong."""
     from .optim.elementwise import ElementwiseOptimizer
@@ -555,208 +489,9 @@ def _check_supported(optimizer, shard):
             f"and {name}'s update reads whole parameters; use shard=False")
 
 
-def _average_gradients(comm, arena, device_mode):
-    """Replace ``arena.grad`` by the mean over ranks (zeros where a rank had no gradient)
-    and ``arena.has_grad`` by the OR over ranks.
-
-    ``device_mode`` is None for host arenas, "cuda-aware" to hand device buffers
-    to MPI, or a host staging buffer of the arena's size.
-    """
-    size = comm.Get_size()
-    grad, has_grad, offsets = arena.grad, arena.has_grad, arena.offsets
-    if device_mode is None:
-        _zero_missing_grads(grad, has_grad, offsets)
-        comm.Allreduce(MPI.IN_PLACE, has_grad, op=MPI.LOR)
-        comm.Allreduce(MPI.IN_PLACE, grad, op=MPI.SUM)
-        if size > 1:
-            np.divide(grad, size, out=grad)
-        return
-    cuda = _cuda()
-    device = _device_array(grad)
-    flags = has_grad if isinstance(has_grad, np.ndarray) else _device_array(has_grad).copy_to_host()
-    if isinstance(device_mode, str):
-        # CUDA-aware MPI reads and writes device memory; the kernels run before and after.
-        zero_missing, scale = _cuda_kernels()
-        threads = 256 if device.size >= 256 else 32
-        blocks = max(1, (device.size + threads - 1) // threads)
-        zero_missing[blocks, threads](device, cuda.to_device(flags),
-                                      cuda.to_device(np.ascontiguousarray(offsets)))
-        cuda.synchronize()
-        comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.LOR)
-        comm.Allreduce(MPI.IN_PLACE, _mpi_buffer(device), op=MPI.SUM)
-        if size > 1:
-            scale[blocks, threads](device, device.dtype.type(size))
-        cuda.synchronize()
-    else:
-        host = device_mode
-        device.copy_to_host(host)
-        _zero_missing_grads(host, flags, offsets)
-        comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.LOR)
-        comm.Allreduce(MPI.IN_PLACE, host, op=MPI.SUM)
-        if size > 1:
-            np.divide(host, size, out=host)
-        device.copy_to_device(host)
-    if flags is not has_grad:
-        _device_array(has_grad).copy_to_device(flags)
-
-
-def _grads_finite(arena, parallel_threshold):
-    check = grads_finite_parallel if arena.size >= parallel_threshold else grads_finite
-    return bool(check(arena.grad, arena.has_grad, arena.chunks))
-
-
-def _pieces(offsets, bounds, rank):
-    """The parts of parameters that lie in ``bounds[rank]:bounds[rank + 1]``.
-
-    Returns ``(param, lo, hi)`` arrays in arena order. A zero-size parameter
-    goes to the rank whose slice contains its offset (the last rank for
-    offsets at the very end), so it has exactly one owner and one step count.
-    """
-    lo, hi = int(bounds[rank]), int(bounds[rank + 1])
-    starts, stops = offsets[:-1], offsets[1:]
-    sizes = stops - starts
-    nranks = bounds.size - 1
-    owner_of_empty = np.minimum(np.searchsorted(bounds[1:], starts, side="right"), nranks - 1)
-    take = np.where(sizes > 0, (starts < hi) & (stops > lo), owner_of_empty == rank)
-    param = np.flatnonzero(take).astype(np.int64)
-    return param, np.maximum(starts[param], lo), np.where(sizes[param] > 0,
-                                                          np.minimum(stops[param], hi),
-                                                          starts[param])
-
-
-def _check_same_layout(comm, arena):
-    """Raise on every rank unless every rank's arena has the same layout and dtype."""
-    mine = (arena.dtype.str, arena.size, len(arena),
-            zlib.crc32(np.ascontiguousarray(arena.offsets, dtype=np.int64).tobytes()),
-            zlib.crc32(np.ascontiguousarray(arena.param_group, dtype=np.int64).tobytes()))
-    everyone = comm.allgather(mine)
-    if any(other != everyone[0] for other in everyone):
-        lines = "; ".join(f"rank {r}: {o[0]}, {o[2]} parameters, {o[1]} elements"
-                          for r, o in enumerate(everyone))
-        raise ValueError("every rank must build its optimizer over the same parameters (shapes, "
-                         f"dtype and groups, in the same order), but the arenas differ: {lines}")
-
-
 def _check_root(comm, root):
     if not isinstance(root, (int, np.integer)) or isinstance(root, bool) \
             or not 0 <= root < comm.Get_size():
         raise ValueError(f"root must be a rank in [0, {comm.Get_size()}), got {root!r}")
 
 
-def _set_options(group, options):
-    """Make ``group``'s options (all keys but "params") equal ``options``, in place."""
-    for key in [k for k in group if k != "params" and k not in options]:
-        del group[key]
-    group.update(options)
-
-
-def _same(a, b):
-    if a is b:
-        return True
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except (TypeError, ValueError):
-        return False
-
-
-class _LocalStateView(Mapping):
-    """A sharded optimizer's ``state``: parameter -> its local slice's state (live, flat)."""
-
-    def __init__(self, dist):
-        self._dist = dist
-
-    def __getitem__(self, p):
-        k = self._dist._proxy_of.get(id(p))
-        if k is None or self._dist._arena.params[self._dist._piece_param[k]] is not p:
-            raise KeyError(p)
-        return self._dist._local.state[self._dist._proxies[k]]
-
-    def __iter__(self):
-        dist = self._dist
-        for k, i in enumerate(dist._piece_param):
-            if dist._local.state[dist._proxies[k]]:
-                yield dist._arena.params[i]
-
-    def __len__(self):
-        return sum(1 for _ in self)
-
-
-# -- CUDA arenas ------------------------------------------------------------------------
-def _on_device(array):
-    # numba device arrays (and the simulator's, which lack __cuda_array_interface__), CuPy, torch
-    return not isinstance(array, np.ndarray) and (
-        hasattr(array, "__cuda_array_interface__") or hasattr(array, "copy_to_host"))
-
-
-def _device_array(array):
-    """A numba device array for a GPU array (any ``__cuda_array_interface__``), without a copy."""
-    return array if hasattr(array, "copy_to_host") else _cuda().as_cuda_array(array)
-
-
-def _mpi_buffer(device):
-    """What CUDA-aware MPI is handed: the device array itself. numba's CUDA simulator keeps
-    "device" arrays in host memory without a ``__cuda_array_interface__``; ``np.asarray``
-    is then a view of that memory, so the CUDA-aware code path runs under the simulator too."""
-    if hasattr(device, "__cuda_array_interface__"):
-        return device
-    return np.asarray(device)
-
-
-def _cuda():
-    from numba import cuda
-    return cuda
-
-
-def _host_buffer(n, dtype):
-    """A host staging buffer, page-locked when a GPU is there (faster copies)."""
-    try:
-        return _cuda().pinned_array(n, dtype=dtype)
-    except Exception:   # noqa: BLE001 - the simulator or no driver: pageable memory works too
-        return np.empty(n, dtype=dtype)
-
-
-_CUDA_AWARE = None
-
-
-def _query_cuda_aware():
-    """Whether the MPI library reads and writes CUDA device memory.
-
-    ``NUMBAOPT_MPI_CUDA_AWARE=1`` or ``0`` decides; otherwise Open MPI's and
-    MPICH's (4.0+) ``MPIX_Query_cuda_support()`` is asked at run time, which
-    also tells whether CUDA support is enabled (MPICH: ``MPIR_CVAR_ENABLE_GPU``).
-    Libraries without that call are taken as not CUDA-aware: host staging is
-    always correct, only slower.
-    """
-    global _CUDA_AWARE
-    if _CUDA_AWARE is None:
-        env = os.environ.get("NUMBAOPT_MPI_CUDA_AWARE", "").strip().lower()
-        if env in ("1", "true", "yes", "on"):
-            _CUDA_AWARE = True
-        elif env in ("0", "false", "no", "off"):
-            _CUDA_AWARE = False
-        else:
-            _CUDA_AWARE = _mpix_query_cuda_support()
-    return _CUDA_AWARE
-
-
-def _mpix_query_cuda_support():
-    try:
-        with open("/proc/self/maps") as maps:
-            libraries = sorted({line.split()[-1] for line in maps
-                                if "libmpi" in line and ".so" in line})
-    except OSError:
-        return False
-    for path in libraries:
-        try:
-            query = ctypes.CDLL(path).MPIX_Query_cuda_support
-        except (OSError, AttributeError):
-            continue
-        query.restype = ctypes.c_int
-        return bool(query())
-    return False
-
-
-def _cuda_kernels():
-    """``(zero_missing, scale)``: device twins of the host steps around the Allreduce."""
-    from .kernels import cuda as kernels
-    return kernels._zero_missing_grads_cuda, kernels._scale_cuda

@@ -22,6 +22,7 @@ itself, no copy: the arena already is that vector.
 import math
 import types
 import warnings
+import weakref
 
 import numpy as np
 
@@ -87,12 +88,14 @@ def _collect(parameters, warn_empty=False):
         threshold = getattr(parameters, "parallel_threshold", PARALLEL_THRESHOLD)
         arena = parameters.arena
         _check_host(arena)
+        _average_first(arena)
         if arena.stale is None:
             return arena.params, arena, arena.has_grad, threshold
     params = _parameter_list(parameters, warn_empty)
     if not params:
         return params, None, None, threshold
     arena = params[0]._arena
+    _average_first(arena)
     if arena is None or any(p._arena is not arena for p in params):
         return params, None, None, threshold
     selected = np.zeros(len(arena), dtype=np.bool_)
@@ -103,6 +106,24 @@ def _collect(parameters, warn_empty=False):
         # NumPy path, which walks the list as given.
         return params, None, None, threshold
     return params, arena, selected & arena.has_grad, threshold
+
+
+def _collective(parameters, name):
+    """A DistributedOptimizer's own clipping (it averages the gradients first), or None."""
+    return getattr(parameters, name, None) if isinstance(parameters, Optimizer) else None
+
+
+# arena -> weakref to the numbaopt.distributed.DistributedOptimizer that wraps its optimizer
+_DISTRIBUTED = weakref.WeakKeyDictionary()
+
+
+def _average_first(arena):
+    """Parameters (or the wrapped optimizer) of a DistributedOptimizer: average their
+    gradients across the ranks before clipping them, or refuse where that cannot be."""
+    owner = _DISTRIBUTED.get(arena) if _DISTRIBUTED and arena is not None else None
+    owner = owner() if owner is not None else None
+    if owner is not None:
+        owner._clipping_parameters()
 
 
 def _check_host(arena):
@@ -353,7 +374,8 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None):
     second half of ``clip_grad_norm_``, for a ``total_norm`` computed (and perhaps
     combined across processes) beforehand by ``get_total_norm``. The coefficient is
     computed in ``total_norm``'s dtype and cast to the gradients' dtype, as in torch.
-    Parameters without a gradient are skipped.
+    Parameters without a gradient are skipped. A ``DistributedOptimizer`` averages its
+    gradients across the ranks first (``synchronize()``).
 
     Parameters
     ----------
@@ -371,6 +393,9 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None):
     >>> total = numbaopt.utils.get_total_norm([p.grad for p in params])
     >>> numbaopt.utils.clip_grads_with_norm_(opt, max_norm=1.0, total_norm=total)
     """
+    collective = _collective(parameters, "_clip_grads_with_norm_")
+    if collective is not None:
+        return collective(max_norm, total_norm)
     collected = _collect(parameters)
     max_norm = float(max_norm)
     _clip_grads(*collected, max_norm, _as_total_norm(total_norm))
@@ -383,6 +408,10 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     if all gradients were one vector); parameters without a gradient are left out.
     Every gradient is multiplied by ``min(max_norm / (total_norm + 1e-6), 1)``. This
     is ``get_total_norm`` of the gradients followed by ``clip_grads_with_norm_``.
+
+    Given a ``numbaopt.distributed.DistributedOptimizer`` it first averages the
+    gradients across the ranks (``synchronize()``) and clips the average, as with
+    torch's DDP; with ``shard=True`` the total norm is that of all slices together.
 
     Parameters
     ----------
@@ -408,6 +437,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     >>> total = numbaopt.utils.clip_grad_norm_(opt, max_norm=1.0)
     >>> opt.step()
     """
+    collective = _collective(parameters, "_clip_grad_norm_")
+    if collective is not None:
+        return collective(max_norm, norm_type, error_if_nonfinite)
     norm_type = float(norm_type)
     max_norm = float(max_norm)
     collected = _collect(parameters, warn_empty=True)
@@ -421,6 +453,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
 def clip_grad_value_(parameters, clip_value, foreach=None):
     """Clamp every gradient to ``[-clip_value, clip_value]``, in place (torch's clip_grad_value_).
 
+    Given a ``numbaopt.distributed.DistributedOptimizer``, the gradients averaged across
+    the ranks (it calls ``synchronize()`` first).
+
     Parameters
     ----------
     parameters : Optimizer, Parameter or iterable of Parameter
@@ -432,6 +467,9 @@ def clip_grad_value_(parameters, clip_value, foreach=None):
     --------
     >>> numbaopt.utils.clip_grad_value_(opt, 0.5)
     """
+    collective = _collective(parameters, "_clip_grad_value_")
+    if collective is not None:
+        return collective(clip_value)
     clip_value = float(clip_value)
     params, arena, mask, threshold = _collect(parameters, warn_empty=True)
     if arena is not None:

@@ -136,16 +136,17 @@ class SparseAdam(ArenaOptimizer):
         loss = None
         if closure is not None:
             loss = closure()
-        if self._dirty[0] or self.arena.stale is not None:
-            self._sync()
-        if self.arena.has_grad.any():
-            raise RuntimeError(_DENSE_GRAD)
-        if self.skip_nonfinite:
-            self.found_nonfinite = not self._finite()
-            if self.found_nonfinite:
-                self.skipped_steps += 1
-                return None
-        self._kernel(*self._args)
+        with self._step_lock:          # save() and state_dict() in another thread wait
+            if self._dirty[0] or self.arena.stale is not None:
+                self._sync()
+            if self.arena.has_grad.any():
+                raise RuntimeError(_DENSE_GRAD)
+            if self.skip_nonfinite:
+                self.found_nonfinite = not self._finite()
+                if self.found_nonfinite:
+                    self.skipped_steps += 1
+                    return None
+            self._kernel(*self._args)
         return loss
 
     def zero_grad(self, set_to_none=True):

@@ -11,7 +11,7 @@ of the whole batch.
 import numpy as np
 
 import numbaopt
-from numbaopt import optim
+from numbaopt import optim, utils
 
 SHAPES = [(4, 3), (3,), (), (0,), (5,)]        # W, b, s, e, V
 GROUPS = [[0, 1], [2, 3, 4]]
@@ -108,19 +108,45 @@ def reference_gradients(params, step, nranks, partial):
         p.grad = t / nranks if has else None
 
 
+def _inf_norm(opt, params):
+    # torch refuses the inf-norm of a zero-size gradient (no identity): e has none here
+    params[3].grad = None
+    return utils.clip_grad_norm_(opt, 0.05, norm_type="inf")
+
+
+# Clipping after averaging (numbaopt.utils given a DistributedOptimizer synchronizes first):
+# name -> what one step does between the gradients and step(). Every bound is small
+# enough to clip at every step.
+CLIPS = {
+    "norm": lambda opt, params: utils.clip_grad_norm_(opt, 0.5),
+    "inf_norm": _inf_norm,
+    "one_norm": lambda opt, params: utils.clip_grad_norm_(opt, 0.3, norm_type=1.0),
+    "value": lambda opt, params: utils.clip_grad_value_(opt, 0.05),
+}
+
+
 def change_lr(optimizer, step):
     if step == LR_CHANGE_AT:
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * 0.5
 
 
-def reference_run(case, nranks, partial, steps=STEPS, first=0, optimizer=None, params=None):
-    """Single-process training; returns (optimizer, params)."""
+def reference_run(case, nranks, partial, steps=STEPS, first=0, optimizer=None, params=None,
+                  clip=None, norms=None):
+    """Single-process training; returns (optimizer, params).
+
+    ``clip`` names a CLIPS entry applied before each step; ``norms`` (a list) collects
+    what it returns.
+    """
     if optimizer is None:
         optimizer, params = make_optimizer(case, initial_values())
     for step in range(first, steps):
         change_lr(optimizer, step)
         optimizer.zero_grad()
         reference_gradients(params, step, nranks, partial)
+        if clip is not None:
+            total = CLIPS[clip](optimizer, params)
+            if norms is not None:
+                norms.append(None if total is None else float(total))
         optimizer.step()
     return optimizer, params

@@ -168,6 +168,109 @@ try:
 except ValueError as exc:
     out["facts"]["mismatch"] = str(exc)
 
+def refusal(call):
+    """What ``call`` raised (type and message), or "accepted"."""
+    try:
+        call()
+        return "accepted"
+    except (ValueError, RuntimeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+# Clipping sees the averaged gradient: utils synchronizes first, step() does not average again.
+for shard in (False, True):
+    for clip in C.CLIPS:
+        dopt, opt, params = distributed("adam", shard)
+        norms = []
+        for step in range(C.STEPS):
+            C.change_lr(dopt, step)
+            dopt.zero_grad()
+            C.set_gradients(params, step, rank, size, True)
+            total = C.CLIPS[clip](dopt, params)
+            norms.append(None if total is None else float(total))
+            dopt.step()
+        out["train"]["adam", shard, "clip", clip] = dopt.arena.data.copy()
+        out["facts"]["adam", shard, "clip", clip] = norms
+
+    # Clipping the parameters rather than the optimizer: averaged first (plain) or refused.
+    dopt, opt, params = distributed("adam", shard)
+    if shard:
+        C.set_gradients(params, 0, rank, size, True)
+        out["facts"]["adam", True, "clip_params"] = refusal(
+            lambda: numbaopt.utils.clip_grad_norm_(params, 0.5))
+    else:
+        norms = []
+        for step in range(C.STEPS):
+            C.change_lr(dopt, step)
+            dopt.zero_grad()
+            C.set_gradients(params, step, rank, size, True)
+            norms.append(float(numbaopt.utils.clip_grad_norm_(params, 0.5)))
+            dopt.step()
+        out["train"]["adam", False, "clip_params"] = dopt.arena.data.copy()
+        out["facts"]["adam", False, "clip_params"] = norms
+
+    # synchronize() by hand: p.grad is the average (plain), a second call does nothing.
+    dopt, opt, params = distributed("sgd_momentum", shard)
+    averaged = []
+    for step in range(C.STEPS):
+        C.change_lr(dopt, step)
+        dopt.zero_grad()
+        C.set_gradients(params, step, rank, size, True)
+        dopt.synchronize()
+        dopt.synchronize()
+        if not shard:
+            averaged.append([None if p.grad is None else p.grad.copy() for p in params])
+        dopt.step()
+    out["train"]["sgd_momentum", shard, "synchronize"] = dopt.arena.data.copy()
+    out["facts"]["sgd_momentum", shard, "averaged"] = averaged
+
+
+# Every rank must agree: class, options, skip_nonfinite, shard (at construction) ...
+values = C.initial_values()
+mismatch = {}
+mismatch["class"] = refusal(lambda: DistributedOptimizer(
+    C.make_optimizer("adam" if rank == size - 1 else "adagrad", values)[0], comm))
+mismatch["lr"] = refusal(lambda: DistributedOptimizer(numbaopt.optim.SGD(
+    C.make_optimizer("sgd_momentum", values)[1], lr=0.1 if rank == 0 else 0.2), comm))
+mismatch["shard"] = refusal(lambda: DistributedOptimizer(
+    C.make_optimizer("adam", values)[0], comm, shard=rank == 0))
+skipping = C.make_optimizer("adam", values)[0]
+skipping.skip_nonfinite = rank == size - 1
+mismatch["skip_nonfinite"] = refusal(lambda: DistributedOptimizer(skipping, comm))
+out["facts"]["construction_mismatch"] = mismatch
+
+# ... and again whenever the options change, with an error on every rank, nothing stepped.
+for shard in (False, True):
+    dopt, opt, params = distributed("adam", shard)
+    train(dopt, params, 0, 2)
+    runtime = {}
+    before = dopt.state_dict()
+    values_before = dopt.arena.data.copy()
+
+    def one_step(step=2):
+        dopt.zero_grad()
+        C.set_gradients(params, step, rank, size, False)
+        dopt.step()
+
+    if rank == size - 1:
+        dopt.param_groups[1]["lr"] = 0.5           # one rank's scheduler went its own way
+    runtime["lr"] = refusal(one_step)
+    dopt.param_groups[1]["lr"] = opt.defaults["lr"]
+    dopt.optimizer.skip_nonfinite = rank == 0
+    runtime["skip_nonfinite"] = refusal(one_step)
+    dopt.optimizer.skip_nonfinite = False
+    if rank == 0:
+        dopt.param_groups[0]["lr"] = -1.0          # invalid on rank 0 only
+    runtime["invalid"] = refusal(one_step)
+    dopt.param_groups[0]["lr"] = opt.defaults["lr"]
+    # Collective calls out of order: rank 0 broadcasts the parameters while the others step.
+    runtime["order"] = refusal(lambda: broadcast_parameters(dopt) if rank == 0 else one_step())
+    runtime["unchanged"] = bool(np.array_equal(values_before, dopt.arena.data))
+    runtime["state_unchanged"] = dopt.state_dict()["state"][0]["step"] == before["state"][0]["step"]
+    train(dopt, params, 2, C.STEPS)                # and it trains on as if nothing happened
+    out["train"]["adam", shard, "after_refusals"] = dopt.arena.data.copy()
+    out["facts"]["adam", shard, "runtime_mismatch"] = runtime
+
 outdir = sys.argv[1]
 with open(os.path.join(outdir, f"rank{rank}.pkl"), "wb") as f:
     pickle.dump(out, f)
