@@ -33,11 +33,17 @@ SIMULATOR, GPU, UNAVAILABLE = _cuda_status()
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda_gpu: needs a real CUDA GPU (skipped under the simulator)")
+    config.addinivalue_line("markers", "needs_cuda: needs a GPU or numba's CUDA simulator")
 
 
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a real CUDA GPU (the simulator is running)"
                             if SIMULATOR else "needs a real CUDA GPU")
+    unavailable = pytest.mark.skip(
+        reason=f"needs numba-cuda and a GPU or NUMBA_ENABLE_CUDASIM=1 "
+               f"(tests/test_cuda_simulator.py runs it): {UNAVAILABLE}")
     for item in items:
         if "cuda_gpu" in item.keywords and not GPU:
             item.add_marker(skip)
+        if "needs_cuda" in item.keywords and not (SIMULATOR or GPU):
+            item.add_marker(unavailable)

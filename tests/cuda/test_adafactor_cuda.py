@@ -16,16 +16,7 @@ from test_adafactor import _from, run_ours
 from tolerance import assert_close
 
 
-def _cuda_ready():
-    try:
-        from numba import cuda
-    except ImportError:
-        return False
-    return bool(cuda.is_available())
-
-
-pytestmark = pytest.mark.skipif(not _cuda_ready(), reason="needs numba-cuda and a GPU or "
-                                "NUMBA_ENABLE_CUDASIM=1 (tests/test_cuda_simulator.py runs it)")
+pytestmark = pytest.mark.needs_cuda   # skipped without a GPU or the simulator (conftest)
 
 STEPS = 4   # the simulator runs every thread in Python (and pays ~5 ms a barrier)
 

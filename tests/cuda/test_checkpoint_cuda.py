@@ -14,16 +14,7 @@ from numbaopt import optim
 from numbaopt.checkpoint import load, load_parameters, save, save_parameters
 
 
-def _cuda_ready():
-    try:
-        from numba import cuda
-    except ImportError:
-        return False
-    return bool(cuda.is_available())
-
-
-pytestmark = pytest.mark.skipif(not _cuda_ready(), reason="needs numba-cuda and a GPU or "
-                                "NUMBA_ENABLE_CUDASIM=1 (tests/test_cuda_simulator.py runs it)")
+pytestmark = pytest.mark.needs_cuda   # skipped without a GPU or the simulator (conftest)
 pytest.importorskip("safetensors")
 
 SHAPES = ((3, 4), (), (7,))

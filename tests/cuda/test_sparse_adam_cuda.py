@@ -22,16 +22,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import make_sparse_adam_reference as ref  # noqa: E402
 
 
-def _cuda_ready():
-    try:
-        from numba import cuda
-    except ImportError:
-        return False
-    return bool(cuda.is_available())
-
-
-pytestmark = pytest.mark.skipif(not _cuda_ready(), reason="needs numba-cuda and a GPU or "
-                                "NUMBA_ENABLE_CUDASIM=1 (tests/test_cuda_simulator.py runs it)")
+pytestmark = pytest.mark.needs_cuda   # skipped without a GPU or the simulator (conftest)
 
 STEPS = 6   # the simulator runs every thread in Python
 
