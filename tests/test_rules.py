@@ -43,8 +43,8 @@ def _torch_registry():
 @pytest.mark.parametrize("name", ALL)
 def test_case_table_holds_every_registry_kwarg_set(name):
     """tests/cases.py REGISTRY equals torch's optim_inputs_func_<name>(device="cpu")."""
+    co = _torch_registry()          # skips without torch
     import torch
-    co = _torch_registry()
     func = getattr(co, "optim_inputs_func_" + name.lower())
     try:
         inputs = func(device="cpu")
@@ -58,8 +58,8 @@ def test_case_table_holds_every_registry_kwarg_set(name):
 @pytest.mark.parametrize("name", NEW)
 def test_optimizer_specific_error_inputs_of_torchs_registry(name):
     import re
+    co = _torch_registry()          # skips without torch
     import torch
-    co = _torch_registry()
     func = getattr(co, "optim_error_inputs_func_" + name.lower())
     checked = 0
     for error in func(device="cpu", dtype=torch.float32):
