@@ -18,7 +18,6 @@ one. Others (a Python ``step()``, LBFGS, DistributedOptimizer) go through their
 """
 
 import contextlib
-import copy
 
 import numpy as np
 from numba import njit, types
@@ -27,7 +26,6 @@ from numba.extending import intrinsic
 
 from .optim.arena_optimizer import ArenaOptimizer
 from .optim.optimizer import Optimizer, _copy_value
-from .parameter import Parameter
 
 __all__ = ["snapshot"]
 
@@ -123,8 +121,8 @@ def _arena_snapshot(optimizer):
     data, steps, scalars, buffers = _arena_copies(optimizer)
     arena = optimizer.arena
     groups, index = optimizer._packed_groups()
-    state = {}
     user = optimizer._user_state
+    entries = []
     for i, p in enumerate(arena.params):
         group = optimizer._param_groups[arena.param_group[i]]
         entry = {}
@@ -138,14 +136,6 @@ def _arena_snapshot(optimizer):
                 if key in optimizer._group_state_keys(group):
                     entry[key] = buffers[key][lo:hi].reshape(arena.shapes[i])
         entry.update({k: _copy_value(v) for k, v in user.get(p, {}).items()})
-        if entry:
-            if id(p) not in index:
-                raise ValueError(
-                    f"parameter {i} has optimizer state but is in no param group (was a group "
-                    "removed from param_groups?); the checkpoint would lose it")
-            state[index[id(p)]] = entry
-    state = dict(sorted(state.items()))
-    for key, value in user.items():
-        if not isinstance(key, Parameter):
-            state[key] = copy.deepcopy(value)
+        entries.append(entry)
+    state = optimizer._packed_state(entries, index, "the checkpoint")
     return data, {"state": state, "param_groups": groups}

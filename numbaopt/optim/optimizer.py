@@ -395,24 +395,30 @@ class Optimizer:
         for hook in tuple(self._optimizer_state_dict_pre_hooks.values()):
             hook(self)
         groups, index = self._packed_groups()
-        state = {}
-        for p, entry in zip(self.arena.params, self._saved_entries()):
-            if entry:
-                if id(p) not in index:
-                    raise ValueError(
-                        f"parameter {p._index} has optimizer state but is in no param group (was a "
-                        "group removed from param_groups?); state_dict() would lose it")
-                state[index[id(p)]] = entry
-        state = dict(sorted(state.items()))
-        for key, value in self._user_state.items():
-            if not isinstance(key, Parameter):
-                state[key] = copy.deepcopy(value)
+        state = self._packed_state(self._saved_entries(), index, "state_dict()")
         state_dict = {"state": state, "param_groups": groups}
         for hook in tuple(self._optimizer_state_dict_post_hooks.values()):
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
         return state_dict
+
+    def _packed_state(self, entries, index, what):
+        """torch's ``state``: ``entries`` (one per parameter, arena order) under the indices
+        ``index`` (from ``_packed_groups``), then the non-parameter keys (copies)."""
+        state = {}
+        for p, entry in zip(self.arena.params, entries):
+            if entry:
+                if id(p) not in index:
+                    raise ValueError(
+                        f"parameter {p._index} has optimizer state but is in no param group (was a "
+                        f"group removed from param_groups?); {what} would lose it")
+                state[index[id(p)]] = entry
+        state = dict(sorted(state.items()))
+        for key, value in self._user_state.items():
+            if not isinstance(key, Parameter):
+                state[key] = copy.deepcopy(value)
+        return state
 
     def _saved_entries(self):
         """Each parameter's state as state_dict() stores it (copies; empty dicts for none)."""
