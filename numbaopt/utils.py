@@ -17,15 +17,19 @@ float32 and loses about 1e-5 relative over a million elements).
 
 ``parameters_to_vector`` of one optimizer's parameters is the arena's ``data``
 itself, no copy: the arena already is that vector.
+
+This module holds the norms and the clipping; ``parameters_to_vector`` and
+``vector_to_parameters`` live in ``_utils_vector``, and the handling of the
+``parameters`` argument that both share in ``_utils_params``.
 """
 
 import math
-import types
-import warnings
-import weakref
 
 import numpy as np
 
+# (_DISTRIBUTED: numbaopt.distributed registers its optimizers' arenas in utils._DISTRIBUTED)
+from ._utils_params import _DISTRIBUTED, _collect, _collective, _typename  # noqa: F401
+from ._utils_vector import parameters_to_vector, vector_to_parameters
 from .arena import _chunk_table
 from .kernels.cpu import (_clamp_grads_cpu, _clamp_grads_cpu_parallel, _grad_norm_cpu,
                           _grad_norm_cpu_parallel, _scale_grads_cpu, _scale_grads_cpu_parallel)
@@ -42,102 +46,7 @@ _NONFINITE_MESSAGE = (
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-# ------------------------------------------------------------------------- host code
-def _typename(obj):
-    """torch.typename's spelling: ``list``, ``numpy.ndarray``."""
-    cls = type(obj)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _parameter_list(parameters, warn_empty=False):
-    """The Parameters in ``parameters`` (an optimizer, one Parameter or an iterable), checked."""
-    if isinstance(parameters, Optimizer):
-        _check_host(parameters.arena)
-        if parameters.arena.stale is None:
-            return parameters.arena.params
-        return [p for g in parameters.param_groups for p in g["params"]]
-    if isinstance(parameters, Parameter):
-        params = [parameters]
-    elif isinstance(parameters, np.ndarray):
-        raise TypeError("expected numbaopt.Parameter objects (or an optimizer), got a "
-                        "numpy.ndarray: wrap it, numbaopt.Parameter(array)")
-    else:
-        is_generator = isinstance(parameters, types.GeneratorType)
-        params = list(parameters)
-        if warn_empty and is_generator and not params:
-            warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.",
-                          stacklevel=4)
-    for p in params:
-        if not isinstance(p, Parameter):
-            raise TypeError("expected numbaopt.Parameter objects (or an optimizer), got "
-                            f"{type(p).__module__}.{type(p).__qualname__}")
-        if p._arena is not None:
-            _check_host(p._arena)
-    return params
-
-
-def _collect(parameters, warn_empty=False):
-    """``(params, arena, mask, threshold)`` for the arena fast path, or ``(params, None, ...)``.
-
-    ``mask`` selects, per arena parameter, those that were passed *and* have a gradient.
-    """
-    threshold = PARALLEL_THRESHOLD
-    if isinstance(parameters, Optimizer):
-        threshold = getattr(parameters, "parallel_threshold", PARALLEL_THRESHOLD)
-        arena = parameters.arena
-        _check_host(arena)
-        _average_first(arena)
-        if arena.stale is None:
-            return arena.params, arena, arena.has_grad, threshold
-    params = _parameter_list(parameters, warn_empty)
-    if not params:
-        return params, None, None, threshold
-    arena = params[0]._arena
-    _average_first(arena)
-    if arena is None or any(p._arena is not arena for p in params):
-        return params, None, None, threshold
-    selected = np.zeros(len(arena), dtype=np.bool_)
-    index = [p._index for p in params]
-    selected[index] = True
-    if int(selected.sum()) != len(params):
-        # A parameter listed twice: torch counts (and scales) it twice; so does the
-        # NumPy path, which walks the list as given.
-        return params, None, None, threshold
-    return params, arena, selected & arena.has_grad, threshold
-
-
-def _collective(parameters, name):
-    """A DistributedOptimizer's own clipping (it averages the gradients first), or None."""
-    return getattr(parameters, name, None) if isinstance(parameters, Optimizer) else None
-
-
-# arena -> weakref to the numbaopt.distributed.DistributedOptimizer that wraps its optimizer
-_DISTRIBUTED = weakref.WeakKeyDictionary()
-
-
-def _average_first(arena):
-    """Parameters (or the wrapped optimizer) of a DistributedOptimizer: average their
-    gradients across the ranks before clipping them, or refuse where that cannot be."""
-    owner = _DISTRIBUTED.get(arena) if _DISTRIBUTED and arena is not None else None
-    owner = owner() if owner is not None else None
-    if owner is not None:
-        owner._clipping_parameters()
-
-
-def _check_host(arena):
-    stage = getattr(arena, "sparse_grads", None)
-    if stage is not None and stage.live:
-        raise NotImplementedError(
-            "gradient clipping of sparse gradients (RowSparseGrad) is not supported; "
-            "clip the rows' values before assigning them")
-    if not isinstance(arena.grad, np.ndarray):
-        raise NotImplementedError(
-            "gradient clipping works on optimizers with device='cpu' (host arenas) only; "
-            f"this arena's gradients are a {type(arena.grad).__name__}")
-
-
+# ------------------------------------------------------------------------- norms
 def _check_empty(sizes, norm_type):
     """torch refuses norms without an identity (inf, -inf, p < 0) of zero-size gradients."""
     if norm_type == math.inf or norm_type < 0:
@@ -487,118 +396,3 @@ def clip_grad_value_(parameters, clip_value, foreach=None):
                 # torch's clamp: NaN stays, and with low > high everything becomes high
                 np.minimum(np.maximum(g, low, out=g), high, out=g)
     return None
-
-
-# ------------------------------------------------------------- parameters <-> vector
-def _arena_run(params):
-    """``(arena, lo, hi)`` when ``params`` are consecutive parameters of one arena in its
-    order (their values are ``arena.data[lo:hi]``), else None."""
-    arena = params[0]._arena
-    if arena is None:
-        return None
-    first = params[0]._index
-    for k, p in enumerate(params):
-        if p._arena is not arena or p._index != first + k:
-            return None
-    return arena, int(arena.offsets[first]), int(arena.offsets[first + len(params)])
-
-
-def _same_memory(a, b):
-    return (a.dtype == b.dtype and a.shape == b.shape and a.strides == b.strides
-            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
-
-
-def parameters_to_vector(parameters):
-    """The parameters' values flattened into one vector, in order (torch's parameters_to_vector).
-
-    numbaopt keeps an optimizer's parameters in one flat arena, so for them the vector
-    already exists. **A view, no copy**, when the parameters are consecutive parameters
-    of one optimizer in its order: the optimizer itself, all of its parameters as
-    listed in its param groups, one group's ``params``, or any consecutive run of them.
-    The result is then ``opt.arena.data`` itself (all parameters) or a slice of it:
-    writing into it writes the parameters, and it shows every later step. In every other
-    case (parameters in no optimizer or in two, another order, a gap, a repeat) it is a
-    new array, a copy, as torch's always is.
-
-    Parameters
-    ----------
-    parameters : Optimizer, Parameter or iterable of Parameter
-
-    Returns
-    -------
-    ndarray, 1-D
-        The parameters' dtype (promoted, as ``np.concatenate`` does, for a copy).
-
-    Examples
-    --------
-    >>> vec = numbaopt.utils.parameters_to_vector(opt)      # opt.arena.data, no copy
-    >>> np.shares_memory(vec, w.data)
-    True
-    """
-    params = _parameter_list(parameters)
-    if not params:
-        raise ValueError("parameters_to_vector(): expected a non-empty list of Parameters "
-                         "(torch.cat refuses an empty list too)")
-    run = _arena_run(params)
-    if run is not None:
-        arena, lo, hi = run
-        return arena.data if (lo, hi) == (0, arena.size) else arena.data[lo:hi]
-    return np.concatenate([p.data.reshape(-1) for p in params])
-
-
-def vector_to_parameters(vec, parameters):
-    """Copy slices of one vector into the parameters, in order (torch's vector_to_parameters).
-
-    Parameter ``i`` receives the next ``p.size`` elements of ``vec``, reshaped and cast
-    to its dtype, written in place (``p.data`` stays the arena's view; torch instead
-    makes each parameter a view of ``vec``). Consecutive parameters of one optimizer
-    are filled with one copy into ``opt.arena.data``. Unlike torch, ``vec`` must be
-    1-D and hold exactly as many elements as the parameters: a longer one is refused,
-    not cut. On any error no parameter changes.
-
-    Parameters
-    ----------
-    vec : ndarray, 1-D
-    parameters : Optimizer, Parameter or iterable of Parameter
-
-    Examples
-    --------
-    >>> vec = numbaopt.utils.parameters_to_vector([w, b]).copy()
-    >>> numbaopt.utils.vector_to_parameters(vec * 0.5, [w, b])
-    """
-    if isinstance(vec, Parameter):
-        vec = vec.data
-    if hasattr(vec, "__cuda_array_interface__") or hasattr(vec, "copy_to_host"):
-        raise NotImplementedError("vector_to_parameters works on host arrays and device='cpu' "
-                                  f"optimizers only; got a {type(vec).__name__}")
-    if not isinstance(vec, np.ndarray):
-        raise TypeError(f"expected numpy.ndarray, but got: {_typename(vec)}")
-    params = _parameter_list(parameters)
-    if vec.ndim == 0:
-        raise IndexError("slice() cannot be applied to a 0-dim array: vec must be a 1-D array")
-    if vec.ndim != 1:
-        raise RuntimeError(f"vec must be a 1-D array (one vector), got shape {vec.shape}")
-    if vec.dtype.kind not in "fiub":
-        raise TypeError(f"vec must be a real numeric array, got dtype {vec.dtype}")
-    pointer = 0
-    for p in params:
-        if pointer + p.size > vec.size:   # torch's view_as error, before anything is written
-            raise RuntimeError(f"shape '{list(p.shape)}' is invalid for input of size "
-                               f"{vec.size - pointer}")
-        pointer += p.size
-    if pointer != vec.size:
-        raise RuntimeError(f"vec has {vec.size} elements but the parameters have {pointer} "
-                           "(torch ignores the rest; numbaopt refuses a vector that does not fit)")
-    run = _arena_run(params) if params else None
-    if run is not None:
-        arena, lo, hi = run
-        dest = arena.data[lo:hi]
-        if not _same_memory(vec, dest):    # e.g. the vector parameters_to_vector returned
-            np.copyto(dest, vec, casting="unsafe")   # NumPy handles a partial overlap
-        return
-    if any(np.may_share_memory(vec, p.data) for p in params):
-        vec = vec.copy()                   # writing one parameter must not change the source
-    pointer = 0
-    for p in params:
-        p.data = vec[pointer:pointer + p.size].reshape(p.shape)
-        pointer += p.size
