@@ -442,7 +442,7 @@ PARITY = [
 ]
 
 #: modules whose CUDA kernels a non-elementwise optimizer launches (for the PTX count)
-_KERNEL_MODULES = {"adafactor": "numbaopt.optim.adafactor",
+_KERNEL_MODULES = {"adafactor": "numbaopt.optim._adafactor_cuda",
                    "sparse": "numbaopt.optim.sparse_adam",
                    "lbfgs": "numbaopt.optim._lbfgs_cuda"}
 
