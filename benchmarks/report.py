@@ -38,7 +38,8 @@ import numpy as np
 from . import cases
 from .cases import DTYPES, IMPLEMENTATIONS, OPTIMIZERS, SIZES, SMALL_SIZES, Size, build
 
-SECTIONS = ("table", "beyond", "overhead", "compiled", "threshold", "threads", "cold")
+SECTIONS = ("table", "beyond", "complex", "overhead", "compiled", "threshold", "threads",
+            "cold")
 
 # Targets of the issue.
 SPEEDUP_TARGET = 1.5
@@ -316,6 +317,21 @@ def section_beyond(args):
     print()
     print("Steps measured interleaved, medians; the LBFGS rows are one step(closure) with "
           "max_iter=1 and a full history of 100 pairs.\n")
+
+
+def section_complex(args):
+    """Adam on complex64: numbaopt against torch's complex tensors (benchmarks/complex_cases.py)."""
+    from .complex_cases import cases as complex_cases
+    print("## Complex parameters: Adam complex64\n")
+    steps = complex_cases("small" if args.quick else "full")
+    wait_for_idle(args.wait_idle)
+    times = measure(steps, rounds=args.rounds, case_time=args.case_time, min_rounds=5)
+    first = median(next(iter(times.values())))
+    rows = [[name, fmt_time(median(ts)), f"{median(ts) / first:.2f}x"]
+            for name, ts in times.items()]
+    print(markdown_table(["case", "step", "time / numbaopt complex64"], rows, left=1))
+    print()
+    del steps
 
 
 _EMPTY_KERNELS = {}

@@ -43,10 +43,11 @@ __all__ = ["write", "read", "Container", "MAX_HEADER", "DTYPES", "CODE_OF"]
 MAX_HEADER = 100_000_000
 _TMP_SUFFIX = ".numbaopt-tmp"
 
-# safetensors' dtype codes for the dtypes numbaopt keeps (no bfloat16 in NumPy)
+# safetensors' dtype codes for the dtypes numbaopt keeps (no bfloat16 in NumPy; safetensors
+# has complex64 but no complex128, so numbaopt's own files store complex arrays as real pairs)
 _CODES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
           "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32,
-          "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_}
+          "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_, "C64": np.complex64}
 DTYPES = {code: np.dtype(t) for code, t in _CODES.items()}
 CODE_OF = {dtype: code for code, dtype in DTYPES.items()}
 

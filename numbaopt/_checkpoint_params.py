@@ -86,13 +86,19 @@ def save_parameters(path, params, *, key=None):
         data = np.empty(arena.data.nbytes, np.uint8)
         _gather((arena.data.view(np.uint8),), data, np.zeros(1, np.int64))
         data = data.view(arena.dtype)
-        tensors = {n: data[arena.offsets[p._index]:arena.offsets[p._index + 1]].reshape(p.shape)
-                   if p._arena is arena else np.array(p.numpy()) for n, p in pairs}
+        tensors = {n: arena.view(data, p._index) if p._arena is arena else np.array(p.numpy())
+                   for n, p in pairs}
     else:
         tensors = {n: np.array(p.numpy()) for n, p in pairs}
+    # safetensors has complex64 (torch opens it as a complex tensor) but no complex128:
+    # those are stored as torch's view_as_real pairs and named in the description
+    pairs128 = [n for n, a in tensors.items() if a.dtype == np.complex128]
+    for n in pairs128:
+        tensors[n] = np.ascontiguousarray(tensors[n]).view(np.float64).reshape(
+            tensors[n].shape + (2,))
     description = json.dumps({"format": PARAMETERS, "format_version": 1,
                               "numbaopt_version": numbaopt.__version__,
-                              "names": [n for n, _ in pairs]})
+                              "names": [n for n, _ in pairs], "complex128_as_pairs": pairs128})
     fmt.write(path, tensors, {PARAMETERS: description,
                               digest.CHECKSUM_KEY: digest.checksum(description, tensors, key)})
 
@@ -131,10 +137,16 @@ def load_parameters(path, params, *, strict=True, key=None):
         if strict and (missing or unexpected):
             raise ValueError(f"{container.name}: the file's parameter names do not match: "
                              f"missing {missing}, unexpected {unexpected}")
+        as_pairs = set(_complex128_pairs(container))
         for n, p in pairs:
             if n not in have:
                 continue
             dtype, shape = container.specs[n]
+            if n in as_pairs:
+                if dtype != np.float64 or shape[-1:] != (2,):
+                    raise ValueError(f"{container.name}: member {n!r} is {dtype}{list(shape)}, "
+                                     "not the complex128 pairs its description says")
+                dtype, shape = np.dtype(np.complex128), shape[:-1]
             if shape != tuple(p.shape):
                 raise ValueError(f"{container.name}: member {n!r} has shape {shape}, the "
                                  f"parameter {tuple(p.shape)}")
@@ -146,7 +158,24 @@ def load_parameters(path, params, *, strict=True, key=None):
             arrays = digest.read_verified(container, wanted)
         else:
             arrays = container.read(wanted)
+    for n in as_pairs & set(arrays):
+        arrays[n] = np.ascontiguousarray(arrays[n]).view(np.complex128).reshape(
+            arrays[n].shape[:-1])
     for n, p in pairs:
         if n in arrays:
             p.data = arrays[n].astype(p.dtype, copy=False)
     return IncompatibleKeys(missing, unexpected)
+
+
+def _complex128_pairs(container):
+    """The names a save_parameters file stores as complex128 real pairs (none in others')."""
+    description = container.metadata.get(PARAMETERS) if container.metadata else None
+    if description is None:
+        return []
+    try:
+        names = json.loads(description).get("complex128_as_pairs", [])
+    except (ValueError, AttributeError):
+        raise ValueError(f"{container.name}: malformed numbaopt parameters description") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{container.name}: malformed numbaopt parameters description")
+    return names

@@ -91,15 +91,18 @@ def _exact_steps(sd, steps):
                 entry["step"] = np.array(steps[i], dtype=np.float64)
 
 
-def _arena_copies(optimizer):
-    """Host copies of ``(data, step, scalars, {name: buffer})``, taken in one go."""
+def _arena_copies(optimizer, data=True):
+    """Host copies of ``(data, step, scalars, {name: buffer})``, taken in one go (``data``
+    None with ``data=False``)."""
     arena = optimizer.arena
     names = list(arena.state)
     if not isinstance(arena.data, np.ndarray):      # a device arena: copy down each buffer
-        return (np.array(arena.to_host(arena.data)), np.array(arena.step_counts(), np.float64),
+        return (np.array(arena.to_host(arena.data)) if data else None,
+                np.array(arena.step_counts(), np.float64),
                 np.array(arena.scalar_values(), np.float64),
                 {k: np.array(arena.to_host(arena.state[k])) for k in names})
-    arrays = [arena.data, arena.step, np.ascontiguousarray(arena.scalars)] + \
+    first = arena.data if data else np.empty(0, arena.dtype)
+    arrays = [first, arena.step, np.ascontiguousarray(arena.scalars)] + \
         [arena.state[k] for k in names]
     starts, total = [], 0
     for a in arrays:
@@ -110,7 +113,7 @@ def _arena_copies(optimizer):
             np.array(starts, dtype=np.int64))
     copies = [out[s:s + a.nbytes].view(a.dtype).reshape(a.shape)
               for s, a in zip(starts, arrays)]
-    return copies[0], copies[1], copies[2], dict(zip(names, copies[3:]))
+    return copies[0] if data else None, copies[1], copies[2], dict(zip(names, copies[3:]))
 
 
 def _arena_snapshot(optimizer):
@@ -131,10 +134,9 @@ def _arena_snapshot(optimizer):
                 entry["step"] = steps[i:i + 1].reshape(())
             for k, key in enumerate(optimizer._scalar_state):
                 entry[key] = scalars[i, k:k + 1].reshape(())
-            lo, hi = arena.offsets[i], arena.offsets[i + 1]
             for key in optimizer._state_keys:
                 if key in optimizer._group_state_keys(group):
-                    entry[key] = buffers[key][lo:hi].reshape(arena.shapes[i])
+                    entry[key] = arena.view(buffers[key], i)
         entry.update({k: _copy_value(v) for k, v in user.get(p, {}).items()})
         entries.append(entry)
     state = optimizer._packed_state(entries, index, "the checkpoint")

@@ -52,6 +52,11 @@ class Arena:
     state : dict of str to ndarray
         Optimizer state buffers in the same layout as ``data``, allocated when
         a group first needs them (``momentum_buffer`` only with momentum, ...).
+    is_complex : ndarray of bool, one per parameter
+        Whether the parameter is complex. A complex parameter of ``n`` elements
+        takes ``2 n`` reals of ``dtype`` (torch's ``view_as_real`` pairs, real
+        part first), so the kernels need no complex arithmetic; ``view`` gives
+        it back as complex.
     scalars : ndarray of float64, ``(nparams, k)``
         Per-parameter scalar state (NAdam's ``mu_product``, ASGD's ``eta`` and
         ``mu``); ``k`` is 0 for most optimizers.
@@ -64,10 +69,15 @@ class Arena:
 
     def __init__(self, groups, dtype, previous=None):
         params = [p for group in groups for p in group]
-        sizes = np.fromiter((p.size for p in params), dtype=np.int64, count=len(params))
         self.dtype = np.dtype(dtype)
         self.params = params
         self.shapes = [p.shape for p in params]
+        # a complex parameter is stored as its view_as_real pairs, as torch steps it
+        self.is_complex = np.fromiter((p.dtype.kind == "c" for p in params), dtype=np.bool_,
+                                      count=len(params))
+        self.complex_dtype = np.result_type(self.dtype, np.complex64)
+        sizes = np.fromiter((p.size for p in params), dtype=np.int64, count=len(params))
+        sizes <<= self.is_complex
         self.offsets = np.zeros(len(params) + 1, dtype=np.int64)
         np.cumsum(sizes, out=self.offsets[1:])
         self.group_offsets = np.zeros(len(groups) + 1, dtype=np.int64)
@@ -103,17 +113,16 @@ class Arena:
             previous.stale = "its parameters were moved into a larger arena by add_param_group"
         for i in range(kept, len(params)):
             p = params[i]
-            lo, hi = self.offsets[i], self.offsets[i + 1]
             if p._arena is None:
-                data[lo:hi] = p.data.reshape(-1)
+                self.view(data, i)[...] = p.data
                 if p._grad is not None:
-                    grad[lo:hi] = p._grad.reshape(-1)
+                    self.view(grad, i)[...] = p._grad
                     self.has_grad[i] = True
             else:
                 old = p._arena
-                data[lo:hi] = old.param_to_host(old.data, p._index).reshape(-1)
+                self.view(data, i)[...] = old.param_to_host(old.data, p._index)
                 if old.has_grad[p._index]:
-                    grad[lo:hi] = old.param_to_host(old.grad, p._index).reshape(-1)
+                    self.view(grad, i)[...] = old.param_to_host(old.grad, p._index)
                     self.has_grad[i] = True
                 if old is not previous:
                     old.stale = (
@@ -152,9 +161,18 @@ class Arena:
     def __len__(self):
         return len(self.params)
 
+    @property
+    def has_complex(self):
+        """Whether any parameter is complex (stored as real pairs)."""
+        return bool(self.is_complex.any())
+
     def view(self, buffer, i):
-        """Parameter ``i``'s slice of the flat ``buffer``, shaped like the parameter (live)."""
-        return buffer[self.offsets[i]:self.offsets[i + 1]].reshape(self.shapes[i])
+        """Parameter ``i``'s slice of the flat ``buffer``, shaped like the parameter (live):
+        a complex view of the real pairs for a complex parameter."""
+        flat = buffer[self.offsets[i]:self.offsets[i + 1]]
+        if self.is_complex[i]:
+            flat = flat.view(self.complex_dtype)
+        return flat.reshape(self.shapes[i])
 
     # -- the buffer operations a device arena overrides ------------------------------------
     def _adopt(self, host_array):

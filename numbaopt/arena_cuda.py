@@ -98,14 +98,14 @@ class CudaArena(Arena):
     def _copy_into(self, view, value):
         if hasattr(value, "__cuda_array_interface__") or hasattr(value, "copy_to_host"):
             source = _device_source(value)
-            if np.dtype(source.dtype) != self.dtype:
+            if np.dtype(source.dtype) != np.dtype(view.dtype):
                 raise TypeError(f"a GPU array of dtype {source.dtype} cannot be copied into a "
-                                f"{self.dtype} parameter on the GPU without a host round trip; "
-                                f"cast it on the device first")
+                                f"{view.dtype} parameter on the GPU without a host round "
+                                f"trip; cast it on the device first")
             if view.size:
                 view.copy_to_device(source)
         elif view.size:
-            view.copy_to_device(np.ascontiguousarray(value, dtype=self.dtype))
+            view.copy_to_device(np.ascontiguousarray(value, dtype=view.dtype))
 
     def set_data(self, i, value):
         self._copy_into(self.view(self.data, i), value)

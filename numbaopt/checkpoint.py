@@ -115,6 +115,10 @@ def _describe(optimizer, params, sd, scheduler, extra):
                     if v is not None:
                         tensors[names[-1]] = _state_array(v, f"{where}[{j}]")
                 kind = ["list", names]
+            elif isinstance(value, np.ndarray) and value.dtype.kind == "c":
+                # as torch's view_as_real: safetensors has no complex128
+                tensors[member] = _state_array(_real_pairs(value), where)
+                kind = ["complex", member]
             elif isinstance(value, np.ndarray):
                 tensors[member] = _state_array(value, where)
                 kind = ["array", member]
@@ -157,11 +161,18 @@ def _member_name(tensors, name):
     return f"{name}~{n}"
 
 
+def _real_pairs(value):
+    """A complex array as its real and imaginary parts on a last axis of 2 (view_as_real)."""
+    value = np.ascontiguousarray(value)
+    return value.view(value.real.dtype).reshape(value.shape + (2,))
+
+
 def _state_array(value, where):
     value = np.asarray(value)
-    if value.dtype.newbyteorder("=") not in fmt.CODE_OF:
+    if value.dtype.newbyteorder("=") not in fmt.CODE_OF or value.dtype.kind == "c":
         raise TypeError(f"cannot save {where} of dtype {value.dtype}: a checkpoint holds "
-                        "real numbers and bools only")
+                        "real and complex numbers (complex ones as a top-level state entry, "
+                        "not inside a list) and bools only")
     return value.astype(value.dtype.newbyteorder("="), copy=False)
 
 
@@ -321,13 +332,22 @@ def _plan(container, meta, optimizer, scheduler):
         for k, kind in listing:
             k = decode(k)
             where = f"state[{i}][{k!r}]"
-            if kind[0] == "array" and len(kind) == 2:
+            if kind[0] in ("array", "complex") and len(kind) == 2:
                 want = None
                 if check_shapes and k in scalar_keys:
                     want = ()                        # step and NAdam's mu_product are 0-d
                 elif check_shapes and k in shaped_keys:
                     want = shapes[i]
-                state[i][k] = member(kind[1], where, want)
+                if kind[0] == "array":
+                    state[i][k] = member(kind[1], where, want)
+                    continue
+                # real pairs on a last axis of 2, read back as complex
+                name_ = member(kind[1], where, None if want is None else list(want) + [2])
+                have_dtype, have_shape = specs[name_]
+                if have_dtype.kind != "f" or have_dtype.itemsize < 4 or have_shape[-1:] != (2,):
+                    raise bad(f"member {name_!r} ({where}) is {have_dtype}{list(have_shape)}, "
+                              "expected float32 or float64 real pairs (a last axis of 2)")
+                state[i][k] = _ComplexMember(name_)
             elif kind[0] == "list" and len(kind) == 2 and isinstance(kind[1], list):
                 # (as long as the JSON list: bounded by the header, as all of the metadata)
                 state[i][k] = [None if m is None else member(m, f"{where}[{j}]")
@@ -356,8 +376,15 @@ class _Member(str):
     """A placeholder in the planned state for the array of a member, filled after reading."""
 
 
+class _ComplexMember(_Member):
+    """A member holding a complex array as real pairs (see ``_real_pairs``)."""
+
+
 def _fill(state, arrays):
     def fill(value):
+        if isinstance(value, _ComplexMember):
+            pairs = np.ascontiguousarray(arrays[value])
+            return pairs.view(np.result_type(pairs.dtype, np.complex64)).reshape(pairs.shape[:-1])
         if isinstance(value, _Member):
             return arrays[value]
         if isinstance(value, list):

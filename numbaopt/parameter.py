@@ -7,11 +7,19 @@ from .sparse import RowSparseGrad
 __all__ = ["Parameter"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_COMPLEX_DTYPES = (np.dtype(np.complex64), np.dtype(np.complex128))
 
 
 def _check_float_dtype(dtype, what):
-    if np.dtype(dtype) not in _FLOAT_DTYPES:
-        raise TypeError(f"{what} must be float32 or float64, got dtype {np.dtype(dtype)}")
+    dtype = np.dtype(dtype)
+    if dtype in _FLOAT_DTYPES or dtype in _COMPLEX_DTYPES:
+        return
+    why = ""
+    if dtype == np.float16:
+        why = (" (float16 has no arena kernels: NumPy computes float16 in software, and torch "
+               "steps it with float32 arithmetic; keep a float32 master copy, or cast)")
+    raise TypeError(f"{what} must be float32, float64, complex64 or complex128, got dtype "
+                    f"{dtype}{why}")
 
 
 class Parameter:
@@ -21,6 +29,9 @@ class Parameter:
     Assigning ``p.grad = g`` copies ``g`` in (the shape must match exactly;
     values are cast to the parameter's dtype); ``p.grad = None`` means "no
     gradient", and optimizers then skip the parameter, as torch does.
+    A complex parameter (complex64 or complex128) is stepped as torch steps
+    it, as ``view_as_real`` pairs: in the arena it is ``2 * size`` reals of
+    its real dtype, and ``p.data`` and ``p.grad`` are complex views of them.
     A parameter of ``numbaopt.optim.SparseAdam`` takes a row-sparse gradient
     instead, ``p.grad = numbaopt.sparse.RowSparseGrad(rows, values)`` (the
     form of an embedding's gradient); other optimizers refuse one.
@@ -62,7 +73,7 @@ class Parameter:
     @data.setter
     def data(self, value):
         value = _as_array(value)
-        _check_assignable(value, self.shape, "data")
+        _check_assignable(value, self.shape, "data", self.dtype)
         if self._arena is None:
             np.copyto(self._data, value, casting="unsafe")
         else:
@@ -122,7 +133,8 @@ class Parameter:
         if type(value) is np.ndarray and arena is not None and arena.plain_grads:
             # the common case, kept short: a host array into a host arena's grad view
             view = arena._grad_views[self._index]
-            if value.shape == view.shape and value.dtype.kind in "fiub":
+            kind = value.dtype.kind
+            if value.shape == view.shape and (kind in "fiub" or kind == view.dtype.kind):
                 view[...] = value           # cast to the arena's dtype, as np.copyto(unsafe)
                 arena.has_grad[self._index] = True
                 return
@@ -142,7 +154,7 @@ class Parameter:
             arena.has_grad[self._index] = False
             return
         value = _as_array(value)
-        _check_assignable(value, self.shape, "gradient")
+        _check_assignable(value, self.shape, "gradient", self.dtype)
         if arena is None:
             if not isinstance(value, np.ndarray):
                 value = value.copy_to_host()
@@ -191,10 +203,18 @@ def _as_array(value):
     return value if _is_device_array(value) else np.asarray(value)
 
 
-def _check_assignable(value, shape, what):
+def _check_assignable(value, shape, what, dtype=None):
+    """Refuse a value that cannot go into a parameter of ``shape`` (and ``dtype``) unchanged:
+    another shape, a non-numeric dtype, or a complex value for a real parameter (casting
+    would drop its imaginary part)."""
     if tuple(value.shape) != shape:
         name = "gradient" if what == "gradient" else "data"
         raise ValueError(f"{name} shape {tuple(value.shape)} does not match parameter shape {shape}"
                          " (no broadcasting)")
-    if np.dtype(value.dtype).kind not in "fiub":
-        raise TypeError(f"{what} must be a real numeric array, got dtype {value.dtype}")
+    kind = np.dtype(value.dtype).kind
+    if kind == "c" and dtype is not None and np.dtype(dtype).kind == "c":
+        return
+    if kind not in "fiub":
+        raise TypeError(f"{what} must be a real numeric array, got dtype {value.dtype}"
+                        + (" (the parameter is real: casting would drop the imaginary part)"
+                           if kind == "c" else ""))

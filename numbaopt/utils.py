@@ -112,6 +112,12 @@ def _grads_norm(params, arena, mask, threshold, norm_type):
         if norm_type == math.inf or norm_type < 0:
             sizes = np.diff(arena.offsets)
             _check_empty([(i, sizes[i]) for i in np.flatnonzero(mask & (sizes == 0))], norm_type)
+        if norm_type != 2 and arena.is_complex[mask].any():
+            # a complex norm is that of the moduli: the 2-norm of the real pairs is the same,
+            # other orders are not, so they take the complex views through NumPy
+            with np.errstate(all="ignore"):
+                return np.asarray(_total_norm_numpy(
+                    [arena.view(arena.grad, i) for i in np.flatnonzero(mask)], norm_type))
         return _kernel_norm(arena.grad, arena.chunks, mask, norm_type, arena.size >= threshold)
     grads = [p.grad for p in params]
     _check_empty([(i, g.size) for i, g in enumerate(grads) if g is not None], norm_type)
@@ -381,6 +387,11 @@ def clip_grad_value_(parameters, clip_value, foreach=None):
         return collective(clip_value)
     clip_value = float(clip_value)
     params, arena, mask, threshold = _collect(parameters, warn_empty=True)
+    complex_grads = arena.is_complex[mask].any() if arena is not None else any(
+        p.grad is not None and p.grad.dtype.kind == "c" for p in params)
+    if complex_grads:
+        raise RuntimeError("clamp is not supported for complex types (clip_grad_value_ of a "
+                           "complex gradient, as in torch)")
     if arena is not None:
         kernel = _clamp_grads_cpu_parallel if arena.size >= threshold else _clamp_grads_cpu
         kernel(arena.grad, arena.chunks, mask, clip_value)

@@ -277,10 +277,13 @@ def test_hyperparameter_errors_are_torchs(kwargs, match):
     assert p._arena is None
 
 
-def test_complex_parameters_cannot_exist():
-    """torch refuses complex parameters at step(); numbaopt.Parameter refuses them outright."""
-    with pytest.raises(TypeError, match="float32 or float64"):
-        numbaopt.Parameter(np.zeros((2, 3), np.complex64))
+def test_complex_parameters_are_refused_before_anything_is_packed():
+    """torch refuses complex parameters at step(); numbaopt at construction, with torch's
+    type and words."""
+    p = numbaopt.Parameter(np.zeros((2, 3), np.complex64))
+    with pytest.raises(RuntimeError, match="Adafactor does not support complex parameters"):
+        Adafactor([p])
+    assert p._arena is None
 
 
 def _snapshot(opt):

@@ -533,16 +533,23 @@ def test_save_while_another_thread_steps_writes_a_consistent_file(sizes, cls):
     assert len(counts) > 1, "the stepping thread never ran between saves"
 
 
-def test_state_dict_while_another_thread_steps_is_consistent():
-    params, opt = _threaded_adam(PARALLEL)     # a prange step: it holds the step lock
+@pytest.mark.parametrize("sizes", [SERIAL, PARALLEL],
+                         ids=["serial kernel (one compiled copy)", "parallel kernel (the lock)"])
+def test_state_dict_while_another_thread_steps_is_consistent(sizes):
+    # a serial step holds the GIL, and state_dict() copies the state in one compiled call;
+    # a prange step releases the GIL and holds the step lock, which state_dict() waits for
+    params, opt = _threaded_adam(sizes)
     steps_done, stop = [], threading.Event()
     worker = threading.Thread(target=_stepping, args=(opt, params, steps_done, stop))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)        # threads switch between any two bytecodes
     worker.start()
     try:
         dicts = [opt.state_dict() for _ in range(40)]
     finally:
         stop.set()
         worker.join()
+        sys.setswitchinterval(interval)
     for sd in dicts:
         steps = {float(e["step"]) for e in sd["state"].values()}
         assert len(steps) <= 1, steps

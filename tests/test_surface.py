@@ -74,9 +74,8 @@ def test_every_error_input_of_torchs_registry(name):
     for error in info.optim_error_inputs_func(device="cpu", dtype=torch.float32):
         inp = error.optimizer_error_input
         params = inp.params
-        if params is not None and any(
-                t.is_complex() or t.is_sparse for t in _tensors(params, torch)):
-            continue   # complex parameters are issue 14; torch's sparse layout has no analogue
+        if params is not None and any(t.is_sparse for t in _tensors(params, torch)):
+            continue   # torch's sparse layout has no analogue
         memo = {}
         params = [P(np.zeros(3, np.float32))] if params is None else \
             _to_numbaopt(params, torch, memo)

@@ -34,6 +34,9 @@ torch's bodies: every registry kwarg set stepped against torch live, the registr
 checked against torch's, repr checked against torch's, and torch's defaults refilled on
 loading an old state_dict compared with torch's.
 
+Ported in tests/test_complex.py: test_complex, test_complex_2d (over every kwarg set of every
+optimizer that steps complex parameters).
+
 Ported already in tests/test_surface.py: test_errors, test_step_pre_hook,
 test_step_post_hook, test_step_all_hooks, test_state_dict_pre_hook,
 test_state_dict_post_hook, test_state_dict_pre_post_hook,
@@ -45,7 +48,6 @@ Not applicable:
 
 - test_forloop_goes_right_direction_multigpu, test_mixed_device_dtype: need two GPUs (and
   numbaopt keeps one dtype per optimizer, by design).
-- test_complex, test_complex_2d: complex parameters are issue 14.
 - test_set_default_dtype_works_with_foreach: CUDA only, and about torch's global default dtype.
 - test_foreach_large_tensor, test_fused_large_tensor: CUDA/64-72 GB float16 tensors.
 - test_peak_memory_foreach: CUDA caching-allocator statistics of foreach intermediates.

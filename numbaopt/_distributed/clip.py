@@ -87,6 +87,9 @@ def clip_grad_value(dist, clip_value):
     dist.synchronize()
     if not dist.shard:
         return utils.clip_grad_value_(dist.optimizer, clip_value)
+    if dist._arena.is_complex[dist._arena.has_grad].any():
+        raise RuntimeError("clamp is not supported for complex types (clip_grad_value_ of a "
+                           "complex gradient, as in torch)")
     la = dist._local.arena
     parallel = la.size >= dist._local.parallel_threshold
     (_clamp_grads_cpu_parallel if parallel else _clamp_grads_cpu)(
@@ -105,6 +108,13 @@ def global_norm(dist, norm_type):
         sizes = np.diff(arena.offsets)
         utils._check_empty([(i, sizes[i]) for i in np.flatnonzero(mask & (sizes == 0))],
                            norm_type)
+    if norm_type != 2 and arena.is_complex[mask].any():
+        # (every rank sees the same flags and norm_type, so every rank raises)
+        raise NotImplementedError(
+            f"clip_grad_norm_ of order {norm_type:g} over complex parameters with shard=True: "
+            "a shard may end between the real and imaginary part of an element, and this "
+            "norm needs their modulus. Use norm_type=2 (the same for pairs and moduli) or "
+            "shard=False")
     dist._round(CLIP)
     n = len(arena)
     pieces = np.empty(len(la), dtype=np.float64)

@@ -179,7 +179,17 @@ class GroupsMixin:
             group.setdefault(name, default)
         return group
 
+    #: ``(error type, message)`` for an optimizer that refuses complex parameters, as
+    #: torch's Adafactor, Muon and SparseAdam do; None for the ones that step them
+    _complex_refusal = None
+
     def _arena_dtype(self, params, expected=None):
+        # Called by the constructor and add_param_group before anything is packed.
+        if self._complex_refusal is not None:
+            complex_params = [i for i, p in enumerate(params) if p.dtype.kind == "c"]
+            if complex_params:
+                error, message = self._complex_refusal
+                raise error(message.format(indices=complex_params))
         return _common_dtype(params, expected)
 
 
@@ -207,14 +217,23 @@ def _split_groups(params):
     return groups
 
 
+def real_dtype(dtype):
+    """The arena dtype of a parameter dtype: complex64 is stored as float32 pairs."""
+    dtype = np.dtype(dtype)
+    return np.dtype(f"f{dtype.itemsize // 2}") if dtype.kind == "c" else dtype
+
+
 def _common_dtype(params, expected=None):
+    """The one real dtype of ``params`` (complex ones count as their real pairs)."""
     dtype = expected
     first = None
     for i, p in enumerate(params):
+        real = real_dtype(p.dtype)
         if dtype is None:
-            dtype, first = p.dtype, i
-        elif p.dtype != dtype:
-            where = f"parameter {first} is {dtype}" if first is not None else f"the optimizer's arena is {dtype}"
+            dtype, first = real, i
+        elif real != dtype:
+            where = f"parameter {first} is {params[first].dtype}" if first is not None else \
+                f"the optimizer's arena is {dtype}"
             raise TypeError(
                 f"all parameters of one optimizer must share a dtype: {where}, parameter {i} is "
                 f"{p.dtype}. Use one optimizer per dtype; numbaopt never casts silently.")

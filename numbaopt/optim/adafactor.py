@@ -47,7 +47,8 @@ import numpy as np
 from ..kernels.finite import grads_finite, grads_finite_parallel
 from ._adafactor_cuda import _cuda_kernels, _DeviceBuffers  # noqa: F401 (tests use _cuda_kernels)
 from ._adafactor_kernels import _cpu_kernels
-from .arena_optimizer import ArenaOptimizer, _scalar
+from ._arena_state import _scalar
+from .arena_optimizer import ArenaOptimizer
 from .optimizer import _copy_value, check_flag, check_implementation_flags, check_option, hyper_float
 
 __all__ = ["Adafactor"]
@@ -109,6 +110,7 @@ class Adafactor(ArenaOptimizer):
 
     _load_defaults = {"maximize": False}
     _implementation_flags = dict(foreach=None)
+    _complex_refusal = (RuntimeError, "Adafactor does not support complex parameters")
     # load_state_dict checks torch's shapes of row_var and col_var (numbaopt.checkpoint
     # leaves them to it)
     _validates_state_shapes = True
@@ -182,7 +184,8 @@ class Adafactor(ArenaOptimizer):
         return _guard_empty(kernel, self._layout, has_grad), args, finite
 
     # -- state in torch's shapes ---------------------------------------------------------
-    def _param_state(self, i, group, copy, steps, scalars):
+    def _param_state(self, i, group, copy, steps, scalars, buffers=None):
+        # (its buffers are its own, not the arena's: ``buffers`` is not used)
         if steps[i] == 0:
             return None
         arena = self.arena

@@ -143,6 +143,8 @@ class Muon(ArenaOptimizer):
         self._work = None        # workspaces of the new dtype at the next step
         self._dirty[0] = True
 
+    _complex_refusal = (RuntimeError, "Muon does not support complex parameters")
+
     def _arena_dtype(self, params, expected=None):
         # Called by the constructor and add_param_group before anything is packed.
         for p in params:

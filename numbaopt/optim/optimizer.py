@@ -128,7 +128,8 @@ class Optimizer(GroupsMixin, StateMixin):
         grads = list(grads)
         if len(grads) != len(params):
             raise ValueError(f"set_grads got {len(grads)} gradients for {len(params)} parameters")
-        if arena.plain_grads and set(map(type, grads)) == {np.ndarray} and \
+        if arena.plain_grads and not arena.has_complex and \
+                set(map(type, grads)) == {np.ndarray} and \
                 [g.shape for g in grads] == arena.shapes and \
                 all(dt.kind in "fiub" for dt in {g.dtype for g in grads}):
             # every check at C speed, then one copy into the grad arena
@@ -139,7 +140,7 @@ class Optimizer(GroupsMixin, StateMixin):
         for i, (g, shape) in enumerate(zip(grads, arena.shapes)):
             if g is not None:
                 try:
-                    _check_assignable(_as_array(g), shape, "gradient")
+                    _check_assignable(_as_array(g), shape, "gradient", params[i].dtype)
                 except (TypeError, ValueError) as error:
                     raise type(error)(f"gradient {i}: {error}") from None
         for p, g in zip(params, grads):

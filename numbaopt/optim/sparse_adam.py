@@ -69,6 +69,8 @@ class SparseAdam(ArenaOptimizer):
     _lr_low_open = True      # torch: "Invalid learning rate" unless lr > 0
     _load_defaults = {"maximize": False}
     _implementation_flags = {}
+    _complex_refusal = (ValueError, "Complex params at indices {indices}: SparseAdam does not "
+                                    "support complex parameters")
     # Threads pay off from 4x Adam's threshold of staged elements (64Ki): a step's rows are
     # scattered and its duplicate summing is serial. Estimated, not measured: the shared
     # 2-core machine gave no clean crossover (dense Adam's parallel kernel lost there too).
@@ -210,8 +212,8 @@ class SparseAdam(ArenaOptimizer):
         counts[-(-nchunks // tpb), tpb](arena.step, arena._d_chunks, work.d_active)
 
     # -- state ---------------------------------------------------------------------
-    def _param_state(self, i, group, copy, steps, scalars):
-        out = super()._param_state(i, group, copy, steps, scalars)
+    def _param_state(self, i, group, copy, steps, scalars, buffers=None):
+        out = super()._param_state(i, group, copy, steps, scalars, buffers)
         if out is not None:
             out["step"] = int(steps[i])   # torch keeps SparseAdam's step a Python int
         return out

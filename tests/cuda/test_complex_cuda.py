@@ -1,0 +1,59 @@
+"""Complex parameters on device="cuda" arenas: the same real pairs, the same numbers as the
+host, complex device views, state_dict and checkpoints through the host.
+
+Run under the simulator by tests/test_cuda_simulator.py, or in place on a GPU.
+"""
+
+import numpy as np
+import pytest
+
+import numbaopt
+from numbaopt import optim
+
+pytestmark = pytest.mark.needs_cuda   # skipped without a GPU or the simulator (conftest)
+
+
+@pytest.fixture(autouse=True)
+def tiny_blocks(monkeypatch):
+    from numbaopt.kernels import cuda as kernels
+    monkeypatch.setattr(kernels, "THREADS_PER_BLOCK", 4)
+    monkeypatch.setattr(kernels, "CHUNK", 5)
+
+
+def _build(device, cls, **kwargs):
+    rng = np.random.default_rng(4)
+    values = [rng.standard_normal((3, 2)) + 1j * rng.standard_normal((3, 2)),
+              rng.standard_normal(4),
+              rng.standard_normal(3) + 1j * rng.standard_normal(3)]
+    params = [numbaopt.Parameter(v) for v in values]
+    return params, cls(params, device=device, **kwargs)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(optim.Adam, dict(lr=0.05, amsgrad=True)),
+                                         (optim.Rprop, dict(lr=0.05)),
+                                         (optim.SGD, dict(lr=0.05, momentum=0.9))])
+def test_complex_parameters_step_on_the_gpu_as_on_the_host(cls, kwargs, tmp_path):
+    host_params, host = _build("cpu", cls, **kwargs)
+    gpu_params, gpu = _build("cuda", cls, **kwargs)
+    assert gpu_params[0].data.dtype == np.complex128
+    for k in range(4):
+        for j, (a, b) in enumerate(zip(host_params, gpu_params)):
+            g = np.cos(np.arange(a.size) + k + j).reshape(a.shape)
+            if a.dtype.kind == "c":
+                g = g + 1j * np.sin(np.arange(a.size) - k).reshape(a.shape)
+            a.grad = g
+            b.grad = g
+        host.step()
+        gpu.step()
+    for a, b in zip(host_params, gpu_params):
+        np.testing.assert_array_equal(b.numpy(), a.data)
+    for i, entry in host.state_dict()["state"].items():
+        got = gpu.state_dict()["state"][i]
+        for key, value in entry.items():
+            np.testing.assert_array_equal(got[key], value)
+            assert np.asarray(got[key]).dtype == np.asarray(value).dtype
+    numbaopt.save(tmp_path / "g.safetensors", gpu)
+    fresh_params, fresh = _build("cpu", cls, **kwargs)
+    numbaopt.load(tmp_path / "g.safetensors", fresh)
+    for a, b in zip(host_params, fresh_params):
+        np.testing.assert_array_equal(b.data, a.data)
