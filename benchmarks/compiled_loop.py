@@ -4,6 +4,8 @@ Three ways to run N steps of Adam on 1k parameters in 10 tensors, gradients alre
 in the arena: ``compiled.step(h)`` in an ``@njit`` loop; the optimizer's kernel
 called directly in an ``@njit`` loop (the kernel's own work: the floor); and
 ``opt.step()`` from a Python loop. torch's fused Adam from Python for scale.
+The first two should differ by ~0.01 us: the compiled step adds two flag reads
+and a counter to the kernel's call, and no reference counting (numbaopt/compiled.py).
 """
 
 import numpy as np
