@@ -38,7 +38,7 @@ import numpy as np
 from . import cases
 from .cases import DTYPES, IMPLEMENTATIONS, OPTIMIZERS, SIZES, SMALL_SIZES, Size, build
 
-SECTIONS = ("table", "beyond", "complex", "overhead", "compiled", "threshold", "threads",
+SECTIONS = ("table", "beyond", "dtypes", "overhead", "compiled", "threshold", "threads",
             "cold")
 
 # Targets of the issue.
@@ -319,11 +319,13 @@ def section_beyond(args):
           "max_iter=1 and a full history of 100 pairs.\n")
 
 
-def section_complex(args):
-    """Adam on complex64: numbaopt against torch's complex tensors (benchmarks/complex_cases.py)."""
-    from .complex_cases import cases as complex_cases
+def section_dtypes(args):
+    """Adam on complex64 against torch's complex tensors, and over float32 and float64 in one
+    optimizer against two (benchmarks/dtype_cases.py)."""
+    from .dtype_cases import complex_cases, mixed_cases
+    size = "small" if args.quick else "full"
     print("## Complex parameters: Adam complex64\n")
-    steps = complex_cases("small" if args.quick else "full")
+    steps = complex_cases(size)
     wait_for_idle(args.wait_idle)
     times = measure(steps, rounds=args.rounds, case_time=args.case_time, min_rounds=5)
     first = median(next(iter(times.values())))
@@ -332,6 +334,18 @@ def section_complex(args):
     print(markdown_table(["case", "step", "time / numbaopt complex64"], rows, left=1))
     print()
     del steps
+    print("## Several dtypes in one optimizer: Adam over float32 and float64 halves\n")
+    steps = mixed_cases(size)
+    rows = []
+    for name in dict.fromkeys(k[0] for k in steps):
+        mine = {case: step for (n, case), step in steps.items() if n == name}
+        wait_for_idle(args.wait_idle)
+        times = measure(mine, rounds=args.rounds, case_time=args.case_time, min_rounds=5)
+        both = median(times["float32 and float64 optimizers, back to back"])
+        rows += [[name, case, fmt_time(median(ts)), f"{median(ts) / both:.2f}x"]
+                 for case, ts in times.items()]
+    print(markdown_table(["size", "case", "step", "time / the two optimizers"], rows, left=2))
+    print()
 
 
 _EMPTY_KERNELS = {}

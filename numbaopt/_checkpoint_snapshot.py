@@ -27,7 +27,7 @@ from numba.extending import intrinsic
 from .optim.arena_optimizer import ArenaOptimizer
 from .optim.optimizer import Optimizer, _copy_value
 
-__all__ = ["snapshot"]
+__all__ = ["snapshot", "values_dtype", "host_values", "set_values"]
 
 _ALIGN = 64
 
@@ -67,18 +67,76 @@ def _fast(optimizer):
             and not optimizer._optimizer_state_dict_post_hooks)
 
 
+def _mixed(optimizer):
+    return getattr(optimizer, "_lanes", None) is not None
+
+
+def values_dtype(optimizer):
+    """The dtype of the checkpoint's ``params`` vector: the arena's; float64 for an optimizer
+    over several dtypes (every float32, float64 and complex value is exact in it)."""
+    return np.dtype(np.float64) if _mixed(optimizer) else optimizer.arena.dtype
+
+
+def host_values(optimizer):
+    """A host copy of every parameter's values as the checkpoint's ``params`` vector: the
+    arena; for several dtypes, each parameter (complex ones as real pairs) in float64."""
+    if not _mixed(optimizer):
+        arena = optimizer.arena
+        return np.array(arena.to_host(arena.data), copy=True)
+    parts = []
+    for p in optimizer._ordered_params():
+        value = np.ascontiguousarray(p.numpy())
+        if value.dtype.kind == "c":
+            value = value.view(value.real.dtype)
+        parts.append(value.reshape(-1))
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+
+def values_size(optimizer):
+    """The length of the ``params`` vector."""
+    if not _mixed(optimizer):
+        return optimizer.arena.size
+    return sum(p.size * (2 if p.dtype.kind == "c" else 1) for p in optimizer._ordered_params())
+
+
+def set_values(optimizer, values):
+    """Write a ``params`` vector (from ``host_values``) back into the parameters."""
+    if not _mixed(optimizer):
+        arena = optimizer.arena
+        if isinstance(arena.data, np.ndarray):
+            arena.data[:] = values
+        elif values.size:
+            arena.data.copy_to_device(np.ascontiguousarray(values, dtype=arena.dtype))
+        return
+    start = 0
+    for p in optimizer._ordered_params():
+        n = p.size * (2 if p.dtype.kind == "c" else 1)
+        chunk = values[start:start + n]
+        start += n
+        if p.dtype.kind == "c":
+            chunk = chunk.astype(p.dtype.type(0).real.dtype).view(p.dtype)
+        p.data = chunk.reshape(p.shape).astype(p.dtype)
+
+
 def snapshot(optimizer):
     """``(params, state_dict)``: host copies, taken in one go (see the module docstring)."""
     lock = getattr(optimizer, "_step_lock", None)
     with lock if lock is not None else contextlib.nullcontext():
-        if _fast(optimizer):
+        if _fast(optimizer) and not _mixed(optimizer):
             return _arena_snapshot(optimizer)
-        arena = optimizer.arena
         sd = optimizer.state_dict()
-        params = np.array(arena.to_host(arena.data), copy=True)
+        params = host_values(optimizer)
         if isinstance(optimizer, ArenaOptimizer) and optimizer._step_in_state:
-            _exact_steps(sd, arena.step_counts())
+            _exact_steps(sd, _step_counts(optimizer))
         return params, sd
+
+
+def _step_counts(optimizer):
+    """Each parameter's step count (float64), in the state_dict's order."""
+    if not _mixed(optimizer):
+        return optimizer.arena.step_counts()
+    return np.array([p._arena.step_counts()[p._index] for p in optimizer._ordered_params()],
+                    dtype=np.float64)
 
 
 def _exact_steps(sd, steps):

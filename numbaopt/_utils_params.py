@@ -23,6 +23,11 @@ def _typename(obj):
 
 def _parameter_list(parameters, warn_empty=False):
     """The Parameters in ``parameters`` (an optimizer, one Parameter or an iterable), checked."""
+    if isinstance(parameters, Optimizer) and getattr(parameters, "_lanes", None) is not None:
+        params = parameters._ordered_params()     # several dtypes: one arena each
+        for arena in parameters.arenas.values():
+            _check_host(arena)
+        return params
     if isinstance(parameters, Optimizer):
         _check_host(parameters.arena)
         if parameters.arena.stale is None:
@@ -54,6 +59,9 @@ def _collect(parameters, warn_empty=False):
     ``mask`` selects, per arena parameter, those that were passed *and* have a gradient.
     """
     threshold = PARALLEL_THRESHOLD
+    if isinstance(parameters, Optimizer) and getattr(parameters, "_lanes", None) is not None:
+        # several dtypes: NumPy over each gradient, torch's promotion of the norms
+        return _parameter_list(parameters, warn_empty), None, None, threshold
     if isinstance(parameters, Optimizer):
         threshold = getattr(parameters, "parallel_threshold", PARALLEL_THRESHOLD)
         arena = parameters.arena

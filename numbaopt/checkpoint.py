@@ -3,7 +3,8 @@ safetensors file, and parameter files by name that torch and JAX users open too.
 
 ``save(path, optimizer, scheduler=None, *, extra=None, key=None)`` writes:
 
-- ``params``: the optimizer's arena (every parameter's value, group by group);
+- ``params``: the optimizer's arena (every parameter's value, group by group; for several
+  dtypes, every parameter in float64);
 - ``state/<i>/<key>``: the arrays of ``optimizer.state_dict()["state"]``, with the
   step counts as exact float64 0-d tensors (``state_dict()`` keeps torch's float32);
 - in the header's metadata, ``numbaopt.checkpoint``: JSON with the format version,
@@ -25,7 +26,7 @@ from . import _checkpoint_digest as digest
 from . import _checkpoint_format as fmt
 from ._checkpoint_json import decode, encode
 from ._checkpoint_params import IncompatibleKeys, load_parameters, save_parameters
-from ._checkpoint_snapshot import snapshot
+from ._checkpoint_snapshot import host_values, set_values, snapshot, values_dtype, values_size
 
 __all__ = ["save", "load", "save_parameters", "load_parameters", "IncompatibleKeys"]
 
@@ -94,7 +95,6 @@ def _describe(optimizer, params, sd, scheduler, extra):
     """``(tensors, JSON description)`` of a snapshot."""
     import numbaopt
 
-    arena = optimizer.arena
     tensors = {"params": params}
     state = []
     other_state = {}
@@ -131,9 +131,9 @@ def _describe(optimizer, params, sd, scheduler, extra):
         "format_version": FORMAT_VERSION,
         "numbaopt_version": getattr(numbaopt, "__version__", "unknown"),
         "optimizer": type(optimizer).__name__,
-        "dtype": arena.dtype.name,
-        "shapes": [list(shape) for shape in arena.shapes],
-        "group_sizes": [int(n) for n in np.diff(arena.group_offsets)],
+        "dtype": _dtype_name(optimizer),
+        "shapes": [list(p.shape) for p in optimizer._ordered_params()],
+        "group_sizes": [len(g["params"]) for g in optimizer._param_groups],
         "param_groups": [encode(g, f"param_groups[{n}]")
                          for n, g in enumerate(sd["param_groups"])],
         "state": state,
@@ -176,7 +176,19 @@ def _state_array(value, where):
     return value.astype(value.dtype.newbyteorder("="), copy=False)
 
 
+def _dtype_name(optimizer):
+    """The file's ``dtype``: the arena's, or every parameter's for several dtypes."""
+    if getattr(optimizer, "_lanes", None) is None:
+        return optimizer.arena.dtype.name
+    return "mixed:" + ",".join(p.dtype.name for p in optimizer._ordered_params())
+
+
 def _check_optimizer(optimizer):
+    if getattr(optimizer, "_lanes", None) is not None:
+        for lane in optimizer._lanes:
+            _check_optimizer(lane)
+        optimizer._reconcile("be saved")
+        return
     data = optimizer.arena.data
     if not isinstance(data, np.ndarray) and not hasattr(data, "copy_to_host"):
         raise NotImplementedError(
@@ -276,19 +288,19 @@ def _plan(container, meta, optimizer, scheduler):
     if meta.get("format_version") != FORMAT_VERSION:
         raise container.bad(f"format version {meta.get('format_version')!r}; this numbaopt "
                             f"reads version {FORMAT_VERSION}")
-    arena = optimizer.arena
     name = type(optimizer).__name__
     if meta["optimizer"] != name:
         raise bad(f"the checkpoint holds the state of an optimizer of class "
                   f"{meta['optimizer']}, not {name}")
-    if meta["dtype"] != arena.dtype.name:
+    if meta["dtype"] != _dtype_name(optimizer):
         raise bad(f"the checkpoint's parameters are {meta['dtype']}, the optimizer's are "
-                  f"{arena.dtype.name}")
-    sizes = [int(n) for n in np.diff(arena.group_offsets)]
+                  f"{_dtype_name(optimizer)}")
+    ordered = optimizer._ordered_params()
+    sizes = [len(g["params"]) for g in optimizer._param_groups]
     if meta["group_sizes"] != sizes:
         raise bad(f"the checkpoint has parameter groups of sizes {meta['group_sizes']}, "
                   f"the optimizer {sizes}")
-    shapes = [list(shape) for shape in arena.shapes]
+    shapes = [list(p.shape) for p in ordered]
     saved_shapes = meta["shapes"]
     if saved_shapes != shapes:
         if not isinstance(saved_shapes, list) or len(saved_shapes) != len(shapes):
@@ -315,7 +327,7 @@ def _plan(container, meta, optimizer, scheduler):
         used.add(name)
         return _Member(name)
 
-    member("params", "the parameters", (arena.size,), arena.dtype)
+    member("params", "the parameters", (values_size(optimizer),), values_dtype(optimizer))
     scalar_keys = {"step"} | set(getattr(optimizer, "_scalar_state", ()))
     shaped_keys = set(getattr(optimizer, "_state_keys", ()))   # others are the user's own
     # Optimizers whose load_state_dict checks every shape (LBFGS, Adafactor: their state
@@ -324,8 +336,8 @@ def _plan(container, meta, optimizer, scheduler):
     state = {}
     for entry in meta["state"]:
         i, listing = entry
-        if not isinstance(i, int) or not 0 <= i < len(arena):
-            raise bad(f"state of parameter {i!r}, but the optimizer has {len(arena)} parameters")
+        if not isinstance(i, int) or not 0 <= i < len(ordered):
+            raise bad(f"state of parameter {i!r}, but the optimizer has {len(ordered)} parameters")
         if i in state:
             raise bad(f"the state of parameter {i} is listed twice")
         state[i] = {}
@@ -416,31 +428,23 @@ def _commit(name, optimizer, params, sd, scheduler, sched_state):
     """Load a validated file's contents. load_state_dict validates everything itself
     before it changes anything; the steps after it cannot fail on a validated file,
     but are rolled back if one does."""
-    arena = optimizer.arena
     backup_sd = optimizer.state_dict()
     backup_sched = scheduler.state_dict() if scheduler is not None else None
-    backup_data = np.array(arena.to_host(arena.data), copy=True)
+    backup_data = host_values(optimizer)
     try:
         optimizer.load_state_dict(sd)
     except (ValueError, TypeError, KeyError) as exc:    # refused before any change
         raise ValueError(f"{name}: {exc}") from None
     try:
-        _set_data(arena, params)
+        set_values(optimizer, params)
         if scheduler is not None:
             scheduler.load_state_dict(sched_state)
     except BaseException:
-        _set_data(arena, backup_data)
+        set_values(optimizer, backup_data)
         optimizer.load_state_dict(backup_sd)
         if scheduler is not None:
             scheduler.load_state_dict(backup_sched)
         raise
-
-
-def _set_data(arena, values):
-    if isinstance(arena.data, np.ndarray):
-        arena.data[:] = values
-    elif values.size:
-        arena.data.copy_to_device(np.ascontiguousarray(values, dtype=arena.dtype))
 
 
 # ------------------------------------------------------------------ distributed writers

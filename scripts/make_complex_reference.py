@@ -1,4 +1,5 @@
-"""Record torch 2.13's steps of complex parameters for tests/test_complex.py.
+"""Record torch 2.13's steps of complex and mixed-dtype parameters for tests/test_complex.py
+and tests/test_mixed_dtypes.py.
 
     python scripts/make_complex_reference.py        # needs torch==2.13.0 (CPU)
 
@@ -8,7 +9,8 @@ registry (tests/test_torch_optim_ported.py's ``cliquey_inputs``, without ``fused
 as torch's own test_complex), ``steps(name)`` steps of the problem below: torch's
 test_complex parameters (complex64 (10, 5), complex64 (10,), and a real float32
 (10, 5) in the same optimizer), or, with ``complex128``, the same shapes in
-complex128 and float64. The loss is ``sum(w * |p - t|**2)``, whose gradient in
+complex128 and float64, or, with ``mixed``, complex64, float64 and float32 in one
+optimizer (two arenas; not LBFGS, which takes one dtype). The loss is ``sum(w * |p - t|**2)``, whose gradient in
 torch's convention (dL/dRe + i dL/dIm) is ``2 w (p - t)``. Stored: the parameters
 after the last step and torch's state_dict state (complex where torch's is).
 """
@@ -32,7 +34,8 @@ STEPS = 5
 #: by 2e-4 after 5 steps), so its reference is one step
 LBFGS_STEPS = 1
 PRECISIONS = {"complex64": ("complex64", "complex64", "float32"),
-              "complex128": ("complex128", "complex128", "float64")}
+              "complex128": ("complex128", "complex128", "float64"),
+              "mixed": ("complex64", "float64", "float32")}
 
 
 def kwarg_sets(name):
@@ -123,13 +126,20 @@ def cases():
     return out
 
 
+def mixed_cases():
+    """``[(name, index, desc, kwargs, "mixed")]``: every kwarg set of every optimizer that
+    takes several dtypes at once (LBFGS takes one)."""
+    return [(name, k, desc, kwargs, "mixed") for name in NAMES if name != "LBFGS"
+            for k, (desc, kwargs) in enumerate(kwarg_sets(name))]
+
+
 def key(name, k, precision):
     return f"{name}/{precision}/{k}"
 
 
 def main():
     arrays = {}
-    for name, k, desc, kwargs, precision in cases():
+    for name, k, desc, kwargs, precision in cases() + mixed_cases():
         params, state = run_torch(name, kwargs, precision)
         base = key(name, k, precision)
         arrays[f"{base}/desc"] = np.array(desc)

@@ -414,8 +414,9 @@ def test_single_parameter_and_duplicates_and_dtypes(rng):
     with pytest.raises(ValueError, match="more than one parameter group"):
         optim.SGD([{"params": [a]}, {"params": [a]}])
     c = P(np.zeros(2, np.float32))
-    with pytest.raises(TypeError, match="share a dtype.*float64.*float32"):
-        optim.SGD([a, c])
+    assert set(optim.SGD([a, c]).arenas) == {np.dtype(np.float32), np.dtype(np.float64)}
+    with pytest.raises(TypeError, match="share a dtype.*float64.*float32.*with every dtype"):
+        optim.SGD([P(np.zeros(2))]).add_param_group({"params": [P(np.zeros(2, np.float32))]})
     with pytest.raises(TypeError, match="float32, float64, complex64 or complex128"):
         P(np.zeros(2, np.float16))
     with pytest.raises(TypeError, match="unexpected keyword"):

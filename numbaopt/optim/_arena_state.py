@@ -141,6 +141,11 @@ class ArenaStateMixin:
         return out
 
     def _load_state_dict(self, state_dict):
+        self._staged_load(state_dict)()
+
+    def _staged_load(self, state_dict):
+        """Check ``state_dict`` and stage it; returns the function that commits it (which
+        cannot fail), so that several lanes (``_mixed``) commit only when all are valid."""
         new_groups, index_of = self._loaded_groups(state_dict)
         arena = self.arena
         # Build the new state in fresh buffers; commit only when all of it is valid.
@@ -159,11 +164,13 @@ class ArenaStateMixin:
             if extra:
                 user[arena.params[i]] = extra
 
-        arena.load(step, buffers, scalars)
-        self._user_state.clear()
-        self._user_state.update(user)
-        self._set_groups(new_groups)
-        self._sync()
+        def commit():
+            arena.load(step, buffers, scalars)
+            self._user_state.clear()
+            self._user_state.update(user)
+            self._set_groups(new_groups)
+            self._sync()
+        return commit
 
     def _fresh_state(self, buffers, groups):
         """Fill ``buffers`` with the state of parameters that have none saved (zeros by default)."""

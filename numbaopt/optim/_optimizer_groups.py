@@ -183,6 +183,22 @@ class GroupsMixin:
     #: torch's Adafactor, Muon and SparseAdam do; None for the ones that step them
     _complex_refusal = None
 
+    #: whether the optimizer takes several real dtypes at once (one arena each: ``_mixed``)
+    _mixed_dtypes = False
+
+    def _arena_dtypes(self, params):
+        """The real dtypes of ``params``, in order of first appearance: one unless the
+        optimizer takes several (``_mixed_dtypes``); refused otherwise, as ``_arena_dtype``."""
+        if not self._mixed_dtypes:
+            return [self._arena_dtype(params)]
+        self._arena_dtype([])                      # (the complex refusal and such checks)
+        dtypes = []
+        for p in params:
+            dtype = real_dtype(p.dtype)
+            if dtype not in dtypes:
+                dtypes.append(dtype)
+        return dtypes or [np.dtype(np.float32)]
+
     def _arena_dtype(self, params, expected=None):
         # Called by the constructor and add_param_group before anything is packed.
         if self._complex_refusal is not None:
@@ -190,7 +206,13 @@ class GroupsMixin:
             if complex_params:
                 error, message = self._complex_refusal
                 raise error(message.format(indices=complex_params))
-        return _common_dtype(params, expected)
+        if self._mixed_dtypes:
+            why = (f"a {type(self).__name__} over several dtypes holds one arena per dtype, "
+                   "made at construction: build it with every dtype it will hold")
+        else:
+            why = (f"{type(self).__name__} steps one dtype (the elementwise optimizers take "
+                   "several): use one optimizer per dtype")
+        return _common_dtype(params, expected, why)
 
 
 def _split_groups(params):
@@ -223,7 +245,7 @@ def real_dtype(dtype):
     return np.dtype(f"f{dtype.itemsize // 2}") if dtype.kind == "c" else dtype
 
 
-def _common_dtype(params, expected=None):
+def _common_dtype(params, expected=None, why="use one optimizer per dtype"):
     """The one real dtype of ``params`` (complex ones count as their real pairs)."""
     dtype = expected
     first = None
@@ -236,5 +258,5 @@ def _common_dtype(params, expected=None):
                 f"the optimizer's arena is {dtype}"
             raise TypeError(
                 f"all parameters of one optimizer must share a dtype: {where}, parameter {i} is "
-                f"{p.dtype}. Use one optimizer per dtype; numbaopt never casts silently.")
+                f"{p.dtype}. {why[0].upper()}{why[1:]}; numbaopt never casts silently.")
     return np.dtype(np.float32 if dtype is None else dtype)

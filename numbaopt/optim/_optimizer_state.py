@@ -38,7 +38,16 @@ class StateMixin:
         return bool(self._user_state.get(p))
 
     def _params_with_state(self):
-        return [p for p in self.arena.params if self._has_entry(p)]
+        return [p for p in self._ordered_params() if self._has_entry(p)]
+
+    def _owns(self, p):
+        """Whether ``p`` is a parameter of this optimizer."""
+        return p._arena is self.arena
+
+    def _ordered_params(self):
+        """Every parameter once, in the order of the entries of ``_saved_entries``: group by
+        group, as given (the arena's order)."""
+        return self.arena.params
 
     def state_dict(self):
         """The optimizer's state in torch's format; every array is a copy.
@@ -61,7 +70,7 @@ class StateMixin:
         """torch's ``state``: ``entries`` (one per parameter, arena order) under the indices
         ``index`` (from ``_packed_groups``), then the non-parameter keys (copies)."""
         state = {}
-        for p, entry in zip(self.arena.params, entries):
+        for p, entry in zip(self._ordered_params(), entries):
             if entry:
                 if id(p) not in index:
                     raise ValueError(
@@ -77,7 +86,7 @@ class StateMixin:
     def _saved_entries(self):
         """Each parameter's state as state_dict() stores it (copies; empty dicts for none)."""
         return [{k: _copy_value(v) for k, v in self._user_state.get(p, {}).items()}
-                for p in self.arena.params]
+                for p in self._ordered_params()]
 
     def _packed_groups(self):
         """torch's packed groups and the ``id(p) -> index`` numbering they use.
@@ -121,7 +130,7 @@ class StateMixin:
         entries, others = self._loaded_entries(state_dict, index_of)
         state = {}
         for i, key, entry in entries:
-            state[self.arena.params[i]] = {k: _copy_value(v) for k, v in entry.items()}
+            state[self._ordered_params()[i]] = {k: _copy_value(v) for k, v in entry.items()}
         self._user_state.clear()
         self._user_state.update(state)
         self._user_state.update(others)
@@ -145,6 +154,7 @@ class StateMixin:
                              f"({len(saved_groups)}, optimizer has {len(self.param_groups)})")
         new_groups = []
         index_of = {}
+        first = 0                       # the group's first parameter, in _ordered_params
         for g, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             if not isinstance(saved, Mapping) or "params" not in saved:
                 raise ValueError(f"loaded param group {g} is not a dict with a 'params' entry")
@@ -154,11 +164,11 @@ class StateMixin:
                     "loaded state dict contains a parameter group that doesn't match the size "
                     f"of optimizer's group (group {g}: {len(saved_params)} saved, "
                     f"{len(group['params'])} in the optimizer)")
-            first = int(arena.group_offsets[g])
             for k, key in enumerate(saved_params):
                 if key in index_of:
                     raise ValueError(f"loaded state dict lists parameter {key!r} twice")
                 index_of[key] = first + k
+            first += len(saved_params)
             new = {k: copy.deepcopy(v) for k, v in saved.items() if k != "params"}
             for k, v in self._load_defaults.items():
                 new.setdefault(k, v)
@@ -207,7 +217,7 @@ class _State(MutableMapping):
 
     def _param(self, key):
         if isinstance(key, Parameter):
-            if key._arena is not self._opt.arena:
+            if not self._opt._owns(key):
                 raise KeyError(f"{key!r} is not a parameter of this {type(self._opt).__name__}")
             return True
         return False

@@ -18,6 +18,7 @@ import numpy as np
 from . import hooks as _hooks
 from . import optimizer as _optimizer
 from ._arena_state import ArenaStateMixin
+from ._mixed import MixedDtypesMixin
 from .optimizer import Optimizer, check_group_flags, check_option, has_array_value, hyper_float
 
 __all__ = ["ArenaOptimizer"]
@@ -27,7 +28,7 @@ __all__ = ["ArenaOptimizer"]
 _FLAG_SKIP, _FLAG_FOUND, _FLAG_SKIPPED, _FLAG_LR_WRITTEN = 1, 2, 3, 4
 
 
-class ArenaOptimizer(ArenaStateMixin, Optimizer):
+class ArenaOptimizer(MixedDtypesMixin, ArenaStateMixin, Optimizer):
     """An optimizer with its state in the arena and a step that is one compiled call.
 
     A subclass declares:
@@ -100,7 +101,16 @@ class ArenaOptimizer(ArenaStateMixin, Optimizer):
     def skipped_steps(self, value):
         self._flags[_FLAG_SKIPPED] = int(value)
 
+    @staticmethod
+    def _lane_init(lane, groups, defaults, device):
+        """Build ``lane`` (a bare instance of the class) over one dtype's groups (``_mixed``)."""
+        ArenaOptimizer.__init__(lane, groups, defaults, device=device)
+
     def _after_init(self):
+        if self._lanes is not None:
+            self.parallel_threshold = _optimizer.PARALLEL_THRESHOLD * self._parallel_scale
+            self._sync()
+            return
         self.arena.ensure_scalars(len(self._scalar_state))
         self._init_state(0)
         # read at construction, so benchmarks/report.py can override the module's value
@@ -160,6 +170,10 @@ class ArenaOptimizer(ArenaStateMixin, Optimizer):
         ``param_groups`` reach it. Get a new one after ``add_param_group``.
         """
         from .. import compiled
+        if self._lanes is not None:
+            raise NotImplementedError(
+                f"compiled() of a {type(self).__name__} over parameters of several dtypes: a "
+                "handle steps one arena (build one optimizer per dtype for compiled code)")
         if self._dirty[0] or self.arena.stale is not None:
             self._sync()
         return compiled.make_handle(self)
@@ -204,6 +218,8 @@ class ArenaOptimizer(ArenaStateMixin, Optimizer):
         raise ``_dirty``), and at every step while an option is an ndarray, which
         may change in place (torch's tensor lr).
         """
+        if self._lanes is not None:
+            return self._sync_lanes()
         if self._flags[_FLAG_LR_WRITTEN]:
             self._pull_compiled_lr()
         self._check_forgotten_flags()
@@ -327,4 +343,6 @@ class ArenaOptimizer(ArenaStateMixin, Optimizer):
     def __setstate__(self, state):
         self._step_lock = threading.RLock()
         super().__setstate__(state)
+        if self._lanes is not None:
+            self._lane_by_arena = {id(lane.arena): lane for lane in self._lanes}
         self._sync()

@@ -50,6 +50,7 @@ class ElementwiseOptimizer(ArenaOptimizer):
     """
 
     _rule = None
+    _mixed_dtypes = True      # several dtypes: one arena and one kernel call each (_mixed)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -84,12 +84,15 @@ class Optimizer(GroupsMixin, StateMixin):
         for g in _split_groups(params):
             groups.append(self._checked_new_group(g, groups))
         all_params = [p for g in groups for p in g["params"]]
-        dtype = self._arena_dtype(all_params)
+        dtypes = self._arena_dtypes(all_params)
         check_no_overlap(all_params)
         for i, g in enumerate(groups):
             self._check_group(g, index=i)
-        self.arena = make_arena([g["params"] for g in groups], dtype, device)
-        self.arena.owner = type(self).__name__     # named in errors about its parameters
+        if len(dtypes) == 1:
+            self.arena = make_arena([g["params"] for g in groups], dtypes[0], device)
+            self.arena.owner = type(self).__name__     # named in errors about its parameters
+        else:
+            self._build_lanes(groups, dtypes, device)   # one arena per dtype (_mixed)
         self._param_groups = ParamGroups(groups, self._dirty)
         self._user_state = {}
         self._after_init()
@@ -123,6 +126,8 @@ class Optimizer(GroupsMixin, StateMixin):
         dtype), all made before anything is written; for host arenas the copy is one
         ``np.concatenate`` into the grad arena.
         """
+        if self._dirty[0]:
+            self._reconcile(None)        # groups appended to param_groups are packed first
         arena = self.arena
         params = arena.params
         grads = list(grads)

@@ -57,3 +57,36 @@ def test_complex_parameters_step_on_the_gpu_as_on_the_host(cls, kwargs, tmp_path
     numbaopt.load(tmp_path / "g.safetensors", fresh)
     for a, b in zip(host_params, fresh_params):
         np.testing.assert_array_equal(b.data, a.data)
+
+
+def test_several_dtypes_on_the_gpu_step_as_on_the_host(tmp_path):
+    """One arena per dtype on the GPU too; the checkpoint of the GPU optimizer loads on the host."""
+    def build(device):
+        rng = np.random.default_rng(4)
+        values = [rng.standard_normal((3, 2)).astype(np.float32), rng.standard_normal(4),
+                  rng.standard_normal(3) + 1j * rng.standard_normal(3)]
+        params = [numbaopt.Parameter(v) for v in values]
+        groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.02}]
+        return params, optim.Adam(groups, lr=0.05, device=device, skip_nonfinite=True)
+
+    host_params, host = build("cpu")
+    gpu_params, gpu = build("cuda")
+    assert len(gpu.arenas) == 2
+    for k in range(3):
+        for a, b in zip(host_params, gpu_params):
+            g = np.cos(np.arange(a.size) + k).reshape(a.shape).astype(a.dtype)
+            a.grad = g
+            b.grad = g
+        host.step()
+        gpu.step()
+    for a, b in zip(host_params, gpu_params):
+        np.testing.assert_array_equal(b.numpy(), a.data)
+    expected, got = host.state_dict()["state"], gpu.state_dict()["state"]
+    for i, entry in expected.items():
+        for key, value in entry.items():
+            np.testing.assert_array_equal(got[i][key], value)
+    numbaopt.save(tmp_path / "m.safetensors", gpu)
+    fresh_params, fresh = build("cpu")
+    numbaopt.load(tmp_path / "m.safetensors", fresh)
+    for a, b in zip(host_params, fresh_params):
+        np.testing.assert_array_equal(b.data, a.data)

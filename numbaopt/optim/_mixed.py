@@ -1,0 +1,297 @@
+"""One optimizer over parameters of several dtypes: one lane per real dtype.
+
+torch lets one optimizer hold float32 and float64 parameters. The arena holds one dtype,
+so an elementwise optimizer over several keeps one *lane* per real dtype: an optimizer
+of its own class over that dtype's parameters, with one arena and one kernel call per
+step. The optimizer the user holds is the façade: its ``param_groups`` are the groups as
+given (edits reach the lanes before the next step), its ``state``, ``state_dict()`` and
+hooks are torch's over all parameters, numbered as torch numbers them, and a step is one
+kernel call per lane. With one dtype there are no lanes and nothing here runs.
+
+``opt.arenas`` maps each real dtype to its arena (the zero-copy gradient path works per
+arena); ``opt.arena`` exists only when there is one.
+"""
+
+import numpy as np
+
+from ._optimizer_groups import real_dtype
+
+__all__ = ["MixedDtypesMixin", "SeveralArenas"]
+
+
+class SeveralArenas:
+    """``opt.arena`` of an optimizer over several dtypes: reading it says to use ``opt.arenas``."""
+
+    def __init__(self, owner, lanes):
+        self._owner = owner
+        self._lanes = lanes
+
+    @property
+    def stale(self):
+        for lane in self._lanes:
+            if lane.arena.stale is not None:
+                return lane.arena.stale
+        return None
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        dtypes = ", ".join(str(lane.arena.dtype) for lane in self._lanes)
+        raise AttributeError(
+            f"this {self._owner} holds parameters of several dtypes ({dtypes}), each kept in "
+            f"the arena of its dtype: use opt.arenas[dtype] (a dict by numpy dtype); "
+            f"opt.arena exists when there is one (arena.{name} was asked for)")
+
+
+class MixedDtypesMixin:
+    """The lanes of an ``ArenaOptimizer`` over several real dtypes (see the module docstring)."""
+
+    #: whether the class takes parameters of several dtypes (the elementwise optimizers)
+    _mixed_dtypes = False
+    #: the lanes (one optimizer per real dtype), or None with one dtype
+    _lanes = None
+
+    @property
+    def arenas(self):
+        """``{real dtype: arena}``: one arena per dtype of the parameters (usually one)."""
+        if self._lanes is None:
+            return {self.arena.dtype: self.arena}
+        return {lane.arena.dtype: lane.arena for lane in self._lanes}
+
+    # -- construction ------------------------------------------------------------------
+    def _build_lanes(self, groups, dtypes, device):
+        """One lane per dtype, in order of first appearance, over that dtype's parameters."""
+        lanes = []
+        for dtype in dtypes:
+            lane = object.__new__(type(self))
+            # the parent groups with parameters of this dtype, in order
+            lane._lane_groups = [g for g, group in enumerate(groups)
+                                 if any(real_dtype(p.dtype) == dtype for p in group["params"])]
+            lane_groups = [_lane_group(groups[g], dtype) for g in lane._lane_groups]
+            type(self)._lane_init(lane, lane_groups, self.defaults, device)
+            lanes.append(lane)
+        self._lanes = lanes
+        self._packed_params = [tuple(group["params"]) for group in groups]
+        self._lane_by_arena = {id(lane.arena): lane for lane in lanes}
+        self.arena = SeveralArenas(type(self).__name__, lanes)
+
+    def _lane(self, p):
+        lane = self._lane_by_arena.get(id(p._arena))
+        if lane is None or lane.arena is not p._arena:
+            raise KeyError(f"{p!r} is not a parameter of this {type(self).__name__}")
+        return lane
+
+    def _owns(self, p):
+        if self._lanes is None:
+            return super()._owns(p)
+        return id(p._arena) in self._lane_by_arena
+
+    def _ordered_params(self):
+        if self._lanes is None:
+            return super()._ordered_params()
+        return [p for group in self._param_groups for p in group["params"]]
+
+    # -- stepping ----------------------------------------------------------------------
+    def _sync_lanes(self):
+        """Validate the groups (torch's messages, this optimizer's group numbers), copy
+        their options into the lanes, and point the step at the lanes."""
+        live = self._push_lane_options()
+        for lane in self._lanes:
+            lane._skip_nonfinite = False
+            if lane._dirty[0] or lane.arena.stale is not None:
+                lane._sync()
+        self._kernel, self._args, self._finite = self._step_lanes, (), self._lanes_finite
+        self._locked_steps = True       # a state_dict() between two lanes would mix steps
+        self._dirty[0] = live
+
+    def _push_lane_options(self, doing="step"):
+        """Validate the groups and copy their options into the lanes' groups (which raise
+        the lanes' own change flags); returns whether an option is an ndarray. (A sharded
+        DistributedOptimizer steps the lanes' slices: it passes ``doing=None``.)"""
+        self._reconcile(doing)
+        rows, needed, live = self._checked_rows(self._param_groups)
+        for lane in self._lanes:
+            for k, g in enumerate(lane._lane_groups):
+                group, mine = self._param_groups[g], lane._param_groups[k]
+                for key, value in group.items():
+                    if key not in ("params", "param_names") and not _same(mine.get(key), value):
+                        mine[key] = value
+        return live
+
+    def _step_lanes(self):
+        for lane in self._lanes:
+            if lane._dirty[0] or lane.arena.stale is not None:
+                lane._sync()
+            lane._kernel(*lane._args)
+
+    def _lanes_finite(self):
+        for lane in self._lanes:
+            if lane._dirty[0] or lane.arena.stale is not None:
+                lane._sync()
+            if not lane._finite():
+                return False
+        return True
+
+    def set_grads(self, grads):
+        if self._lanes is None:
+            return super().set_grads(grads)
+        if self._dirty[0]:
+            self._reconcile(None)        # groups appended to param_groups are packed first
+        params = self._ordered_params()
+        grads = list(grads)
+        if len(grads) != len(params):
+            raise ValueError(f"set_grads got {len(grads)} gradients for {len(params)} parameters")
+        by_lane = {id(lane): [] for lane in self._lanes}
+        for p, g in zip(params, grads):
+            by_lane[id(self._lane(p))].append(g)
+        from ..parameter import _as_array, _check_assignable
+        for i, (p, g) in enumerate(zip(params, grads)):       # every check before any write
+            if g is not None:
+                try:
+                    _check_assignable(_as_array(g), p.shape, "gradient", p.dtype)
+                except (TypeError, ValueError) as error:
+                    raise type(error)(f"gradient {i}: {error}") from None
+        for lane in self._lanes:
+            lane.set_grads(by_lane[id(lane)])
+
+    def zero_grad(self, set_to_none=True):
+        if self._lanes is None:
+            return super().zero_grad(set_to_none)
+        if self._dirty[0]:
+            self._reconcile(None)
+        for lane in self._lanes:
+            lane.zero_grad(set_to_none)
+
+    # -- groups ------------------------------------------------------------------------
+    def _reconcile(self, doing="step"):
+        if self._lanes is None:
+            return super()._reconcile(doing)
+        stale = self.arena.stale
+        if doing is not None and stale is not None:
+            raise RuntimeError(f"{type(self).__name__} can no longer {doing}: {stale}")
+        packed = self._packed_params
+        groups = self._param_groups
+        for g, group in enumerate(list(groups)[:len(packed)]):
+            if "params" not in group:
+                raise ValueError(f"param group {g} has no 'params' entry")
+            params = group["params"]
+            if len(params) != len(packed[g]) or any(a is not b for a, b in zip(params, packed[g])):
+                raise RuntimeError(
+                    f"the parameters of param group {g} changed after the optimizer packed "
+                    f"them ({len(packed[g])} packed, {len(params)} in the group now): numbaopt "
+                    "keeps every group's parameters contiguously in its arenas. Add parameters "
+                    "with optimizer.add_param_group({'params': [...]})")
+        if len(groups) < len(packed):
+            raise RuntimeError(
+                f"param_groups holds {len(groups)} groups, the optimizer packed {len(packed)}: "
+                "removing a group is not supported")
+        if len(groups) > len(packed):
+            self._adopt(list(groups)[len(packed):], append=False)
+
+    def _adopt(self, new_groups, append):
+        if self._lanes is None:
+            return super()._adopt(new_groups, append)
+        from ..arena import check_no_overlap
+        n = len(self._packed_params)
+        existing = list(self._param_groups)[:n]
+        checked = []
+        for g, raw in enumerate(new_groups):
+            group = self._checked_new_group(raw, existing + checked)
+            dtypes = {real_dtype(p.dtype) for p in group["params"]}
+            missing = dtypes - {lane.arena.dtype for lane in self._lanes}
+            if missing:
+                raise TypeError(
+                    f"the new group's parameters are {sorted(map(str, missing))}, a dtype this "
+                    f"{type(self).__name__} has no arena for: build the optimizer with every "
+                    "dtype it will hold")
+            check_no_overlap([p for x in existing + checked for p in x["params"]]
+                             + group["params"])
+            self._check_group(group, index=n + g)
+            checked.append(group)
+        self._checked_rows(existing + checked)
+        for group in checked:
+            k = len(self._packed_params)
+            for lane in self._lanes:
+                mine = [p for p in group["params"] if real_dtype(p.dtype) == lane.arena.dtype]
+                if mine:
+                    lane._lane_groups.append(k)
+                    lane.add_param_group(_lane_group(group, lane.arena.dtype))
+            if append:
+                self._param_groups.append(group)
+            else:
+                self._param_groups[k] = group
+            self._packed_params.append(tuple(group["params"]))
+        self._lane_by_arena = {id(lane.arena): lane for lane in self._lanes}
+        self._sync_lanes()
+
+    # -- state -------------------------------------------------------------------------
+    def _param_entry(self, p):
+        if self._lanes is None:
+            return super()._param_entry(p)
+        return self._lane(p)._param_entry(p)
+
+    def _set_param_entry(self, p, value):
+        if self._lanes is None:
+            return super()._set_param_entry(p, value)
+        return self._lane(p)._set_param_entry(p, value)
+
+    def _has_entry(self, p):
+        if self._lanes is None:
+            return super()._has_entry(p)
+        return self._lane(p)._has_entry(p)
+
+    def _params_with_state(self):
+        if self._lanes is None:
+            return super()._params_with_state()
+        return [p for p in self._ordered_params() if self._has_entry(p)]
+
+    def _saved_entries(self):
+        if self._lanes is None:
+            return super()._saved_entries()
+        with self._step_lock:             # never between the lanes of one step
+            entries = {}
+            for lane in self._lanes:
+                for p, entry in zip(lane.arena.params, lane._saved_entries()):
+                    entries[id(p)] = entry
+        return [entries[id(p)] for p in self._ordered_params()]
+
+    def _load_state_dict(self, state_dict):
+        if self._lanes is None:
+            return super()._load_state_dict(state_dict)
+        new_groups, index_of = self._loaded_groups(state_dict)
+        entries, others = self._loaded_entries(state_dict, index_of)
+        ordered = self._ordered_params()
+        saved = {id(ordered[i]): entry for i, _, entry in entries}
+        commits = []
+        for lane in self._lanes:          # every lane checks and stages before any commits
+            params = lane.arena.params
+            local = {k: saved[id(p)] for k, p in enumerate(params) if id(p) in saved}
+            groups = []
+            first = 0
+            for k, g in enumerate(lane._lane_groups):
+                n = len(lane._param_groups[k]["params"])
+                group = {key: v for key, v in new_groups[g].items()
+                         if key not in ("params", "param_names")}
+                group["params"] = list(range(first, first + n))
+                first += n
+                groups.append(group)
+            commits.append(lane._staged_load({"state": local, "param_groups": groups}))
+        for commit in commits:
+            commit()
+        self._user_state.clear()
+        self._user_state.update(others)
+        self._set_groups(new_groups)
+        self._sync_lanes()
+
+
+def _lane_group(group, dtype):
+    """The part of ``group`` (a checked group dict) with parameters of ``dtype``."""
+    out = {k: v for k, v in group.items() if k not in ("params", "param_names")}
+    out["params"] = [p for p in group["params"] if real_dtype(p.dtype) == dtype]
+    return out
+
+
+def _same(a, b):
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return a is b
+    return type(a) is type(b) and a == b
