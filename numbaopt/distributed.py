@@ -48,17 +48,22 @@ except (ImportError, RuntimeError) as exc:   # RuntimeError: mpi4py found no MPI
 import numpy as np
 
 from . import utils
-from ._distributed import clip, control, transport
+from ._distributed import control, transport
+from ._distributed.agree import check_root as _check_root
+from ._distributed.agree import check_supported as _check_supported
+from ._distributed.clip import ClippingCalls
 from ._distributed.control import (ADD_GROUP, BROADCAST, LOAD, STATE_DICT, STEP, STEP_SYNCED,
                                    SYNC)
 from ._distributed.files import CheckpointContext
+from ._distributed.mixed import MixedCheckpoint, MixedParts
 from ._distributed.rounds import CollectiveCalls
 from ._distributed.shard import LocalStateView, ShardedState, set_options
 from .optim.optimizer import Optimizer
 
 __all__ = ["DistributedOptimizer", "broadcast_parameters"]
 
-class DistributedOptimizer(CollectiveCalls, ShardedState, Optimizer):
+class DistributedOptimizer(MixedParts, ClippingCalls, CollectiveCalls, ShardedState,
+                           Optimizer):
     """Average gradients across MPI ranks, then step; optionally shard the state (ZeRO-1).
 
     ``step()`` on every rank, with ``N`` ranks and ``g_r`` rank r's gradient
@@ -138,6 +143,7 @@ class DistributedOptimizer(CollectiveCalls, ShardedState, Optimizer):
     # the wrapped optimizer; the subclassing is what lets learning-rate
     # schedulers (which check isinstance(optimizer, Optimizer)) drive it.
     _dirty = (False,)    # edits of param_groups reach the wrapped optimizer's own step
+    _parts = None        # an optimizer over several dtypes: one DistributedOptimizer per arena
 
     def __init__(self, optimizer, comm=None, shard=False, *, cuda_aware=None):
         if isinstance(optimizer, DistributedOptimizer):
@@ -147,6 +153,12 @@ class DistributedOptimizer(CollectiveCalls, ShardedState, Optimizer):
                             f"{type(optimizer).__module__}.{type(optimizer).__qualname__}")
         if not isinstance(shard, (bool, np.bool_)):
             raise ValueError(f"'shard' must be True or False, got {shard!r}")
+        if getattr(optimizer, "_lanes", None) is not None:
+            # several dtypes: one DistributedOptimizer per arena (numbaopt._distributed.mixed)
+            control.install_abort_hook()
+            self._init_hooks()
+            self._init_parts(optimizer, comm, shard, cuda_aware)
+            return
         if optimizer.arena.stale is not None:
             raise RuntimeError(f"cannot wrap this {type(optimizer).__name__}: it can no longer "
                                f"step ({optimizer.arena.stale})")
@@ -213,7 +225,15 @@ class DistributedOptimizer(CollectiveCalls, ShardedState, Optimizer):
     @property
     def local_optimizer(self):
         """With ``shard=True``, the private optimizer over this rank's slice (else None)."""
+        if self._parts is not None:
+            raise AttributeError("an optimizer over several dtypes is sharded arena by arena: "
+                                 "each of opt.parts has its local_optimizer")
         return self._local
+
+    @property
+    def parts(self):
+        """For an optimizer over several dtypes, the DistributedOptimizer of each arena."""
+        return self._parts
 
     @property
     def shard_bounds(self):
@@ -226,7 +246,14 @@ class DistributedOptimizer(CollectiveCalls, ShardedState, Optimizer):
         holds part of, as flat live views; ``state_dict()`` gives the whole state."""
         if not self.shard:
             return self.optimizer.state
+        if self._parts is not None:
+            raise AttributeError("sharded over several dtypes, each of opt.parts has the state "
+                                 "of its slice; state_dict() gives the whole state")
         return LocalStateView(self)
+
+    def set_grads(self, grads):
+        """The wrapped optimizer's ``set_grads`` (local; no communication)."""
+        self.optimizer.set_grads(grads)
 
     def zero_grad(self, set_to_none=True):
         """The wrapped optimizer's ``zero_grad`` (local; no communication)."""
@@ -245,6 +272,8 @@ class DistributedOptimizer(CollectiveCalls, ShardedState, Optimizer):
         loss = None
         if closure is not None:
             loss = closure()
+        if self._parts is not None:
+            return loss if self._mixed_step() else None
         if self._synchronized:
             self._synchronized = False
             if self.shard or self._options_changed():
@@ -266,6 +295,8 @@ class DistributedOptimizer(CollectiveCalls, ShardedState, Optimizer):
         sharded, this rank's slice of the average is in ``local_optimizer.arena.grad``.
         A second call before ``step()`` or ``zero_grad()`` does nothing.
         """
+        if self._parts is not None:
+            return self._mixed_synchronize()
         if not self._synchronized:
             self._average(SYNC)
             self._synchronized = True
@@ -309,6 +340,10 @@ class DistributedOptimizer(CollectiveCalls, ShardedState, Optimizer):
     # -- groups ----------------------------------------------------------------------
     def add_param_group(self, param_group):
         """Add a group on every rank (collective); sharded state is kept and re-sharded."""
+        if self._parts is not None:
+            raise NotImplementedError(
+                "add_param_group of a DistributedOptimizer over several dtypes is not "
+                "supported: build the optimizer with every group")
         if self._synchronized:
             raise RuntimeError("add_param_group between synchronize() and step(): add groups "
                                "before synchronize() or after step()")
@@ -330,6 +365,8 @@ class DistributedOptimizer(CollectiveCalls, ShardedState, Optimizer):
         """
         if root is not None:
             _check_root(self.comm, root)
+        if self._parts is not None:
+            return self._mixed_state_dict(root)
         if not self.shard:
             return self.optimizer.state_dict() if root in (None, self.rank) else None
         self._round(STATE_DICT)
@@ -356,6 +393,8 @@ class DistributedOptimizer(CollectiveCalls, ShardedState, Optimizer):
         comm = self._comm
         if root is not None:
             _check_root(comm, root)
+        if self._parts is not None:
+            return self._mixed_load_state_dict(state_dict, root)
         if not self.shard:
             if root is not None:
                 self._round(LOAD)
@@ -402,26 +441,7 @@ class DistributedOptimizer(CollectiveCalls, ShardedState, Optimizer):
     def _checkpoint_collective(self):
         """How ``numbaopt.save`` and ``numbaopt.load`` handle this optimizer: collectively,
         rank 0 writing or reading the file of the wrapped optimizer's whole state."""
-        return CheckpointContext(self)
-
-    # -- clipping (numbaopt.utils calls these) ---------------------------------------
-    def _clip_grad_norm_(self, max_norm, norm_type=2.0, error_if_nonfinite=False):
-        return clip.clip_grad_norm(self, max_norm, norm_type, error_if_nonfinite)
-
-    def _clip_grads_with_norm_(self, max_norm, total_norm):
-        return clip.clip_grads_with_norm(self, max_norm, total_norm)
-
-    def _clip_grad_value_(self, clip_value):
-        return clip.clip_grad_value(self, clip_value)
-
-    def _clipping_parameters(self):
-        """utils clips this optimizer's parameters (or the wrapped optimizer) directly."""
-        if self.shard:
-            raise NotImplementedError(
-                "these parameters belong to a sharded DistributedOptimizer, whose averaged "
-                "gradient lives in slices: clip through the optimizer itself, "
-                "clip_grad_norm_(opt, ...), for the total norm over every rank's slice")
-        self.synchronize()
+        return CheckpointContext(self) if self._parts is None else MixedCheckpoint(self)
 
     # -- misc ------------------------------------------------------------------------
     def _device_mode(self):
@@ -453,6 +473,11 @@ def broadcast_parameters(optimizer, root=0, comm=None, *, cuda_aware=None):
     communicator is used) or a plain numbaopt optimizer (``comm`` or
     MPI.COMM_WORLD). ``cuda_aware`` as in DistributedOptimizer. Collective.
     """
+    if isinstance(optimizer, DistributedOptimizer) and optimizer._parts is not None \
+            and comm in (None, optimizer.comm):
+        for part in optimizer._parts:
+            broadcast_parameters(part, root, cuda_aware=cuda_aware)
+        return
     if isinstance(optimizer, DistributedOptimizer) and comm in (None, optimizer.comm):
         _check_root(optimizer.comm, root)
         optimizer._round(BROADCAST)
@@ -465,33 +490,3 @@ def broadcast_parameters(optimizer, root=0, comm=None, *, cuda_aware=None):
     comm = MPI.COMM_WORLD if comm is None else comm
     _check_root(comm, root)
     transport.broadcast(comm, optimizer.arena.data, root, cuda_aware)
-
-
-# -- checks -------------------------------------------------------------------------------
-def _check_supported(optimizer, shard):
-    """Refuse what averaging the dense gradients once per step would get wrong."""
-    from .optim.elementwise import ElementwiseOptimizer
-    from .optim.lbfgs import LBFGS
-
-    name = type(optimizer).__name__
-    if isinstance(optimizer, LBFGS):
-        raise NotImplementedError(
-            "DistributedOptimizer does not wrap LBFGS: its step evaluates the closure several "
-            "times, and each evaluation's gradient must be averaged (Allreduce opt.arena.grad "
-            "inside the closure, then step LBFGS itself)")
-    if getattr(optimizer.arena, "sparse_grads", None) is not None:
-        raise NotImplementedError(
-            f"DistributedOptimizer does not wrap {name}: its row-sparse gradients are not "
-            "averaged across ranks")
-    if shard and not isinstance(optimizer, ElementwiseOptimizer):
-        raise NotImplementedError(
-            f"shard=True needs an elementwise optimizer: each rank steps a slice of the arena, "
-            f"and {name}'s update reads whole parameters; use shard=False")
-
-
-def _check_root(comm, root):
-    if not isinstance(root, (int, np.integer)) or isinstance(root, bool) \
-            or not 0 <= root < comm.Get_size():
-        raise ValueError(f"root must be a rank in [0, {comm.Get_size()}), got {root!r}")
-
-

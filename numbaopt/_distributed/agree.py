@@ -103,3 +103,33 @@ def _group_difference(mine, theirs, r):
 
 def _short(qualified):
     return qualified.rsplit(".", 1)[-1]
+
+
+# -- what DistributedOptimizer wraps, and roots ----------------------------------------------
+def check_supported(optimizer, shard):
+    """Refuse what averaging the dense gradients once per step would get wrong."""
+    from ..optim.elementwise import ElementwiseOptimizer
+    from ..optim.lbfgs import LBFGS
+
+    name = type(optimizer).__name__
+    if isinstance(optimizer, LBFGS):
+        raise NotImplementedError(
+            "DistributedOptimizer does not wrap LBFGS: its step evaluates the closure several "
+            "times, and each evaluation's gradient must be averaged (Allreduce opt.arena.grad "
+            "inside the closure, then step LBFGS itself)")
+    if getattr(optimizer.arena, "sparse_grads", None) is not None:
+        raise NotImplementedError(
+            f"DistributedOptimizer does not wrap {name}: its row-sparse gradients are not "
+            "averaged across ranks")
+    if shard and not isinstance(optimizer, ElementwiseOptimizer):
+        raise NotImplementedError(
+            f"shard=True needs an elementwise optimizer: each rank steps a slice of the arena, "
+            f"and {name}'s update reads whole parameters; use shard=False")
+
+
+def check_root(comm, root):
+    if not isinstance(root, (int, np.integer)) or isinstance(root, bool) \
+            or not 0 <= root < comm.Get_size():
+        raise ValueError(f"root must be a rank in [0, {comm.Get_size()}), got {root!r}")
+
+

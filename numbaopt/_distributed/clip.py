@@ -155,3 +155,35 @@ def _scale_slice(dist, max_norm, total):
     parallel = la.size >= local.parallel_threshold
     (_scale_grads_cpu_parallel if parallel else _scale_grads_cpu)(
         la.grad, la.chunks, la.has_grad, float(coef))
+
+
+class ClippingCalls:
+    """The clipping entry points of DistributedOptimizer (``numbaopt.utils`` calls them)."""
+
+    def _clip_grad_norm_(self, max_norm, norm_type=2.0, error_if_nonfinite=False):
+        if self._parts is not None:
+            return self._mixed_clip_grad_norm(max_norm, norm_type, error_if_nonfinite)
+        return clip_grad_norm(self, max_norm, norm_type, error_if_nonfinite)
+
+    def _clip_grads_with_norm_(self, max_norm, total_norm):
+        if self._parts is not None:
+            for part in self._parts:
+                part._clip_grads_with_norm_(max_norm, total_norm)
+            return None
+        return clip_grads_with_norm(self, max_norm, total_norm)
+
+    def _clip_grad_value_(self, clip_value):
+        if self._parts is not None:
+            for part in self._parts:
+                part._clip_grad_value_(clip_value)
+            return None
+        return clip_grad_value(self, clip_value)
+
+    def _clipping_parameters(self):
+        """utils clips this optimizer's parameters (or the wrapped optimizer) directly."""
+        if self.shard:
+            raise NotImplementedError(
+                "these parameters belong to a sharded DistributedOptimizer, whose averaged "
+                "gradient lives in slices: clip through the optimizer itself, "
+                "clip_grad_norm_(opt, ...), for the total norm over every rank's slice")
+        self.synchronize()
