@@ -49,6 +49,7 @@ import numpy as np
 
 from . import utils
 from ._distributed import control, transport
+from ._distributed.agree import check_group_dtype
 from ._distributed.agree import check_root as _check_root
 from ._distributed.agree import check_supported as _check_supported
 from ._distributed.clip import ClippingCalls
@@ -349,6 +350,7 @@ class DistributedOptimizer(MixedParts, ClippingCalls, CollectiveCalls, ShardedSt
                                "before synchronize() or after step()")
         error = None
         try:
+            param_group = check_group_dtype(param_group, self._arena.dtype)
             # Sharded, the wrapped optimizer's arena is stale; the grown one is not,
             # and it starts with full-size state buffers until _adopt_new_arena.
             self.optimizer.add_param_group(param_group)

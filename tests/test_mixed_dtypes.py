@@ -271,7 +271,7 @@ def test_what_a_mixed_optimizer_refuses_clearly():
     with pytest.raises(NotImplementedError, match="several dtypes"):
         opt.compiled()
     with pytest.raises(TypeError, match="share a dtype"):
-        optim.Adam([a]).add_param_group({"params": [b]})
+        optim.SparseAdam([a]).add_param_group({"params": [b]})
 
 
 def test_checkpoints_of_a_mixed_optimizer(tmp_path):
@@ -342,3 +342,59 @@ def test_data_parallel_training_over_several_dtypes_equals_one_process(tmp_path)
     for resumed in ranks["resumed"]:
         for got, p in zip(resumed, params):
             assert_close(got, p.data, dtype=np.float32)      # (as above)
+
+
+def test_a_group_of_a_new_dtype_gives_the_optimizer_a_second_arena():
+    """torch takes a float64 group into a float32 optimizer: here the arena becomes the first
+    of two, with its state, and the steps are those of the two optimizers side by side."""
+    values = _values()
+    a, b = P(values[0].copy()), P(values[2].copy())            # float32
+    c, d = P(values[1].copy()), P(values[3].copy())            # float64, complex128
+    opt = optim.Adam([a, b], lr=0.05, amsgrad=True)
+    ref32 = optim.Adam([P(values[0].copy()), P(values[2].copy())], lr=0.05, amsgrad=True)
+    ref64 = None
+    handle = opt.compiled()
+    for k in range(4):
+        g = _grads(values, k)
+        if k == 2:
+            opt.add_param_group({"params": (p for p in (c, d)), "lr": 0.02})
+            ref64 = optim.Adam([P(values[1].copy()), P(values[3].copy())], lr=0.02,
+                               amsgrad=True)
+            assert set(opt.arenas) == {np.dtype(np.float32), np.dtype(np.float64)}
+        if ref64 is None:
+            opt.set_grads([g[0], g[2]])
+        else:
+            opt.set_grads([g[0], g[2], g[1], g[3]])
+            ref64.set_grads([g[1], g[3]])
+            ref64.step()
+        ref32.set_grads([g[0], g[2]])
+        ref32.step()
+        opt.step()
+    for p, q in zip((a, b), ref32.arena.params):
+        np.testing.assert_array_equal(p.data, q.data)
+    for p, q in zip((c, d), ref64.arena.params):
+        np.testing.assert_array_equal(p.data, q.data)
+    sd = opt.state_dict()
+    assert float(sd["state"][0]["step"]) == 4 and float(sd["state"][2]["step"]) == 2
+    with pytest.raises(AttributeError, match="several dtypes"):
+        opt.arena.data
+    from numba import njit
+    from numbaopt import compiled
+
+    @njit
+    def one_step(h):
+        compiled.step(h)
+
+    with pytest.raises(RuntimeError, match="get a new one"):
+        one_step(handle)                 # the handle of the one arena went stale
+
+
+def test_a_distributed_optimizer_refuses_a_group_of_a_new_dtype():
+    pytest.importorskip("mpi4py")
+    from numbaopt.distributed import DistributedOptimizer
+    opt = optim.Adam([P(np.ones(2, np.float32))], lr=0.1)
+    dist = DistributedOptimizer(opt)                   # one process: a job of one rank
+    new = P(np.ones(2))
+    with pytest.raises(NotImplementedError, match="another dtype"):
+        dist.add_param_group({"params": (p for p in [new])})
+    assert opt._lanes is None and len(opt.param_groups) == 1 and new._arena is None

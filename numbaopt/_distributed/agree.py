@@ -133,3 +133,20 @@ def check_root(comm, root):
         raise ValueError(f"root must be a rank in [0, {comm.Get_size()}), got {root!r}")
 
 
+
+
+def check_group_dtype(param_group, dtype):
+    """``param_group`` (its parameters listed) if they are all of ``dtype``: a group of a new
+    dtype would give the wrapped optimizer a second arena, which the ranks' shards and
+    collectives cannot take in."""
+    from collections.abc import Iterator
+
+    from ..optim._mixed import _dtypes_of
+    if isinstance(param_group, dict) and isinstance(param_group.get("params"), Iterator):
+        param_group = dict(param_group, params=list(param_group["params"]))
+    if _dtypes_of(param_group) - {dtype}:
+        raise NotImplementedError(
+            "add_param_group of parameters of another dtype than the wrapped optimizer's "
+            f"({dtype}) on a DistributedOptimizer: build the optimizer over every dtype "
+            "before wrapping it")
+    return param_group

@@ -12,8 +12,13 @@ kernel call per lane. With one dtype there are no lanes and nothing here runs.
 arena); ``opt.arena`` exists only when there is one.
 """
 
+import threading
+from collections.abc import Iterator, Mapping
+
 import numpy as np
 
+from ..parameter import Parameter
+from ._groups import DirtyFlag, ParamGroups
 from ._optimizer_groups import real_dtype
 
 __all__ = ["MixedDtypesMixin", "SeveralArenas"]
@@ -190,32 +195,31 @@ class MixedDtypesMixin:
 
     def _adopt(self, new_groups, append):
         if self._lanes is None:
-            return super()._adopt(new_groups, append)
-        from ..arena import check_no_overlap
-        n = len(self._packed_params)
-        existing = list(self._param_groups)[:n]
-        checked = []
-        for g, raw in enumerate(new_groups):
-            group = self._checked_new_group(raw, existing + checked)
-            dtypes = {real_dtype(p.dtype) for p in group["params"]}
-            missing = dtypes - {lane.arena.dtype for lane in self._lanes}
-            if missing:
-                raise TypeError(
-                    f"the new group's parameters are {sorted(map(str, missing))}, a dtype this "
-                    f"{type(self).__name__} has no arena for: build the optimizer with every "
-                    "dtype it will hold")
-            check_no_overlap([p for x in existing + checked for p in x["params"]]
-                             + group["params"])
-            self._check_group(group, index=n + g)
-            checked.append(group)
-        self._checked_rows(existing + checked)
+            if not self._mixed_dtypes:
+                return super()._adopt(new_groups, append)
+            # (a generator of parameters is listed once, so that its dtypes can be read)
+            new_groups = [dict(g, params=list(g["params"])) if isinstance(g, Mapping)
+                          and isinstance(g.get("params"), Iterator) else g for g in new_groups]
+            if not any(_dtypes_of(g) - {self.arena.dtype} for g in new_groups):
+                return super()._adopt(new_groups, append)
+            checked = self._checked_adoption(new_groups, len(self.arena.group_offsets) - 1)
+            self._become_mixed()             # a new dtype: this arena becomes the first lane
+        else:
+            checked = self._checked_adoption(new_groups, len(self._packed_params))
+        device = self.device
         for group in checked:
             k = len(self._packed_params)
+            dtypes = [d for d in dict.fromkeys(real_dtype(p.dtype) for p in group["params"])]
             for lane in self._lanes:
-                mine = [p for p in group["params"] if real_dtype(p.dtype) == lane.arena.dtype]
-                if mine:
+                if lane.arena.dtype in dtypes:
                     lane._lane_groups.append(k)
                     lane.add_param_group(_lane_group(group, lane.arena.dtype))
+            for dtype in dtypes:
+                if dtype not in [lane.arena.dtype for lane in self._lanes]:
+                    lane = object.__new__(type(self))
+                    lane._lane_groups = [k]
+                    type(self)._lane_init(lane, [_lane_group(group, dtype)], self.defaults, device)
+                    self._lanes.append(lane)
             if append:
                 self._param_groups.append(group)
             else:
@@ -223,6 +227,53 @@ class MixedDtypesMixin:
             self._packed_params.append(tuple(group["params"]))
         self._lane_by_arena = {id(lane.arena): lane for lane in self._lanes}
         self._sync_lanes()
+
+    def _checked_adoption(self, new_groups, n):
+        """The new groups, completed and checked against the ``n`` packed ones, before any
+        change (torch's checks of add_param_group, and every pending edit)."""
+        from ..arena import check_no_overlap
+        existing = list(self._param_groups)[:n]
+        checked = []
+        for g, raw in enumerate(new_groups):
+            group = self._checked_new_group(raw, existing + checked)
+            self._arena_dtypes(group["params"])
+            check_no_overlap([p for x in existing + checked for p in x["params"]]
+                             + group["params"])
+            self._check_group(group, index=n + g)
+            checked.append(group)
+        self._checked_rows(existing + checked)
+        return checked
+
+    def _become_mixed(self):
+        """Move this optimizer's arena, state and kernel into a first lane (its groups as
+        copies), and take the lanes' role: a group of a new dtype is being added."""
+        lane = object.__new__(type(self))
+        state = dict(self.__dict__)
+        for key in [k for k in state if k.startswith("_optimizer_")]:
+            del state[key]                    # hooks stay with this optimizer
+        lane.__dict__.update(state)
+        lane._init_hooks()
+        lane._step_lock = threading.RLock()
+        lane._flags = np.zeros_like(self._flags)
+        lane._dirty = DirtyFlag(lane._flags)
+        lane._skip_nonfinite = False
+        lane._param_groups = ParamGroups([_lane_group(g, self.arena.dtype)
+                                          for g in self._param_groups], lane._dirty)
+        lane._lane_groups = list(range(len(lane._param_groups)))
+        lane._user_state = {k: v for k, v in self._user_state.items() if isinstance(k, Parameter)}
+        self._user_state = {k: v for k, v in self._user_state.items()
+                            if not isinstance(k, Parameter)}
+        self._lanes = [lane]
+        self._packed_params = [tuple(g["params"]) for g in self._param_groups]
+        self._lane_by_arena = {id(lane.arena): lane}
+        self.arena = SeveralArenas(type(self).__name__, self._lanes)
+        # compiled handles of the one arena hold this flags table: leave it flagged (their
+        # next step asks for a new handle) and keep the flags in a fresh one
+        stale, self._flags = self._flags, self._flags.copy()
+        stale[0] = 1
+        self._dirty.flags = self._flags
+        self._handle_args = None
+        lane._dirty[0] = True
 
     # -- state -------------------------------------------------------------------------
     def _param_entry(self, p):
@@ -289,6 +340,17 @@ def _lane_group(group, dtype):
     out = {k: v for k, v in group.items() if k not in ("params", "param_names")}
     out["params"] = [p for p in group["params"] if real_dtype(p.dtype) == dtype]
     return out
+
+
+def _dtypes_of(group):
+    """The real dtypes of a raw group's parameters (those that are Parameters)."""
+    params = group.get("params", ()) if isinstance(group, Mapping) else ()
+    if isinstance(params, Parameter):
+        params = [params]
+    if not isinstance(params, (list, tuple)):
+        return set()
+    params = [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
+    return {real_dtype(p.dtype) for p in params if isinstance(p, Parameter)}
 
 
 def _same(a, b):

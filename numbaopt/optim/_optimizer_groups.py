@@ -206,12 +206,8 @@ class GroupsMixin:
             if complex_params:
                 error, message = self._complex_refusal
                 raise error(message.format(indices=complex_params))
-        if self._mixed_dtypes:
-            why = (f"a {type(self).__name__} over several dtypes holds one arena per dtype, "
-                   "made at construction: build it with every dtype it will hold")
-        else:
-            why = (f"{type(self).__name__} steps one dtype (the elementwise optimizers take "
-                   "several): use one optimizer per dtype")
+        why = (f"{type(self).__name__} steps one dtype (the elementwise optimizers take "
+               "several): use one optimizer per dtype")
         return _common_dtype(params, expected, why)
 
 
