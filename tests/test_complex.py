@@ -461,19 +461,28 @@ def test_clip_grad_value_of_a_complex_gradient_is_refused_as_torch_does():
     np.testing.assert_array_equal(x.grad, [1, -1])
 
 
+def run_ddp_script(name, tmp_path, nranks=2):
+    """Run tests/mpi_scripts/<name> under mpiexec and alone (``--reference``); returns what
+    rank 0 saved and what the single process saved."""
+    pytest.importorskip("mpi4py")
+    import pickle
+    import subprocess
+
+    import test_distributed as D       # its mpirun (and its skips without MPI)
+    script = pathlib.Path(__file__).parent / "mpi_scripts" / name
+    D.mpirun(nranks, script, tmp_path)
+    subprocess.run([sys.executable, str(script), str(tmp_path), "--reference", str(nranks)],
+                   check=True, env=dict(__import__("os").environ, PYTHONPATH=str(D.ROOT)))
+    return (pickle.loads((tmp_path / "ranks.pkl").read_bytes()),
+            pickle.loads((tmp_path / "reference.pkl").read_bytes()))
+
+
 def test_data_parallel_complex_training_equals_one_process(tmp_path):
     """2 ranks, plain and sharded, with clipping, equal one process on the whole batch; the
     sharded checkpoint loads into one process."""
-    pytest.importorskip("mpi4py")
-    import test_distributed as D       # its mpirun (and its skips without MPI)
+    import test_distributed as D
+    ranks, reference = run_ddp_script("ddp_complex.py", tmp_path)
     script = pathlib.Path(__file__).parent / "mpi_scripts" / "ddp_complex.py"
-    D.mpirun(2, script, tmp_path)
-    import subprocess
-    subprocess.run([sys.executable, str(script), str(tmp_path), "--reference", "2"], check=True,
-                   env=dict(__import__("os").environ, PYTHONPATH=str(D.ROOT)))
-    import pickle
-    ranks = pickle.loads((tmp_path / "ranks.pkl").read_bytes())
-    reference = pickle.loads((tmp_path / "reference.pkl").read_bytes())
     for shard in (False, True):
         for got, want in zip(ranks[shard]["data"], reference["data"]):
             assert got.dtype == want.dtype

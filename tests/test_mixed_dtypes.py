@@ -23,7 +23,7 @@ from numbaopt.optim import lr_scheduler
 from tolerance import assert_close
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from test_complex import DATA, _check_against, _reference, _run, ref  # noqa: E402
+from test_complex import DATA, _check_against, _reference, _run, ref, run_ddp_script  # noqa: E402,E501
 
 P = numbaopt.Parameter
 MIXED = ref.mixed_cases()
@@ -304,16 +304,9 @@ def test_data_parallel_training_over_several_dtypes_equals_one_process(tmp_path)
     """2 ranks, plain and sharded: one DistributedOptimizer per arena, with clipping (the norm
     over every arena), a NaN on one rank (skipped everywhere), a scheduler; then a
     state_dict and a checkpoint of the sharded run resume as one process would."""
-    pytest.importorskip("mpi4py")
-    import subprocess
-
-    import test_distributed as D       # its mpirun (and its skips without MPI)
+    import test_distributed as D
+    ranks, reference = run_ddp_script("ddp_mixed.py", tmp_path)
     script = pathlib.Path(__file__).parent / "mpi_scripts" / "ddp_mixed.py"
-    D.mpirun(2, script, tmp_path)
-    subprocess.run([sys.executable, str(script), str(tmp_path), "--reference", "2"], check=True,
-                   env=dict(__import__("os").environ, PYTHONPATH=str(D.ROOT)))
-    ranks = pickle.loads((tmp_path / "ranks.pkl").read_bytes())
-    reference = pickle.loads((tmp_path / "reference.pkl").read_bytes())
     assert reference["skipped"] == 1
     # float32's tolerance for every parameter, float64 ones too: the clipping coefficient
     # comes from the total norm over all arenas, which includes the float32 gradient, and

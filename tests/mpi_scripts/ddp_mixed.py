@@ -20,6 +20,10 @@ import numbaopt
 from numbaopt import optim, utils
 from numbaopt.optim.lr_scheduler import StepLR
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ddp_complex import batch                         # noqa: E402
+from ddp_complex import gradients as complex_gradients  # noqa: E402
+
 PER_RANK = 4
 STEPS = 6
 NAN_AT = 2
@@ -36,19 +40,10 @@ def make():
     return opt, params
 
 
-def batch(step, n):
-    rng = np.random.default_rng(100 + step)
-    x = rng.standard_normal((n, 4)) + 1j * rng.standard_normal((n, 4))
-    y = rng.standard_normal((n, 3)) + 1j * rng.standard_normal((n, 3))
-    return x, y, rng.standard_normal((n, 5))
-
-
 def gradients(params, x, y, z):
-    W, b, v = (p.data for p in params)
-    r = x @ W + b - y
-    n = x.shape[0]
-    gW = x.conj().T @ r / n
-    return [gW.real.astype(np.float32), r.sum(0) / n, v - z.mean(0)]
+    """ddp_complex's gradients, W's as its float32 real part."""
+    gW, gb, gv = complex_gradients(params, x, y, z)
+    return [gW.real.astype(np.float32), gb, gv]
 
 
 def train(opt, params, part, first=0, last=STEPS, nan_rank=None):
