@@ -27,16 +27,12 @@ __all__ = ["MixedDtypesMixin", "SeveralArenas"]
 class SeveralArenas:
     """``opt.arena`` of an optimizer over several dtypes: reading it says to use ``opt.arenas``."""
 
+    #: each lane checks its own arena when it steps, syncs or loads (a step reads this)
+    stale = None
+
     def __init__(self, owner, lanes):
         self._owner = owner
         self._lanes = lanes
-
-    @property
-    def stale(self):
-        for lane in self._lanes:
-            if lane.arena.stale is not None:
-                return lane.arena.stale
-        return None
 
     def __getattr__(self, name):
         if name.startswith("__"):
@@ -171,7 +167,8 @@ class MixedDtypesMixin:
     def _reconcile(self, doing="step"):
         if self._lanes is None:
             return super()._reconcile(doing)
-        stale = self.arena.stale
+        stale = next((lane.arena.stale for lane in self._lanes
+                      if lane.arena.stale is not None), None)
         if doing is not None and stale is not None:
             raise RuntimeError(f"{type(self).__name__} can no longer {doing}: {stale}")
         packed = self._packed_params
