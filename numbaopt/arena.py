@@ -40,7 +40,8 @@ class Arena:
         Whether the parameter has a gradient (torch's ``p.grad is not None``).
         ``p.grad = g`` sets it, ``p.grad = None`` and ``zero_grad()`` clear it.
         Code that writes gradients straight into ``grad`` sets the flags
-        itself, e.g. ``arena.has_grad[:] = True``.
+        itself, e.g. ``arena.has_grad[:] = True``. Write it in place: the
+        parameters hold a memoryview of it (``_bind_fast``).
     step : ndarray of float64, one per parameter
         Per-parameter step counts (torch's ``state["step"]``).
     offsets : ndarray of int64, ``nparams + 1``
@@ -63,9 +64,8 @@ class Arena:
     """
 
     device = "cpu"
-    #: gradients are plain host arrays (no GPU, no sparse staging): Parameter's fast path
-    plain_grads = True
     sparse_grads = None
+    _plain_grads = True
 
     def __init__(self, groups, dtype, previous=None):
         params = [p for group in groups for p in group]
@@ -144,12 +144,41 @@ class Arena:
             p._arena = self
             p._index = i
             self._grad_views.append(self.view(self.grad, i))
+        self._bind_fast()
+
+    def _bind_fast(self):
+        """Give each parameter what its ``p.grad = g`` fast path needs (``Parameter._fast``),
+        or None where gradients are not plain host arrays (a GPU arena, sparse staging).
+        Run again whenever ``has_grad`` is replaced or ``plain_grads`` changes: the tuples
+        hold a memoryview of ``has_grad`` (a flag store through it costs half of NumPy's)."""
+        plain = self.plain_grads and self.sparse_grads is None
+        flags = memoryview(self.has_grad) if plain else None
+        for i, (p, view, shape) in enumerate(zip(self.params, self._grad_views, self.shapes)):
+            if p._arena is not self:    # another optimizer has taken the parameter over since
+                continue
+            kinds = "fiubc" if view.dtype.kind == "c" else "fiub"   # a real one refuses complex
+            p._fast = (view, shape, view.dtype, kinds, flags, i) if plain else None
+
+    @property
+    def plain_grads(self):
+        """Whether gradients are plain host arrays (no GPU, no sparse staging): the
+        condition of Parameter's fast path. Setting it re-binds that path."""
+        return self._plain_grads
+
+    @plain_grads.setter
+    def plain_grads(self, value):
+        self._plain_grads = value
+        if "_grad_views" in self.__dict__:
+            self._bind_fast()
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_grad_views"}
 
     def __setstate__(self, state):
         # Pickle and deepcopy copy the buffers; re-point every parameter at the copies.
+        if "plain_grads" in state:     # pickled before plain_grads became a property
+            state = dict(state, _plain_grads=state["plain_grads"])
+            del state["plain_grads"]
         self.__dict__.update(state)
         self._bind()
 

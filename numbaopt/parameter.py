@@ -8,6 +8,7 @@ __all__ = ["Parameter"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _COMPLEX_DTYPES = (np.dtype(np.complex64), np.dtype(np.complex128))
+_ndarray = np.ndarray
 
 
 def _check_float_dtype(dtype, what):
@@ -48,7 +49,9 @@ class Parameter:
     dtype('float32')
     """
 
-    __slots__ = ("_data", "_grad", "_arena", "_index", "__weakref__")
+    # _fast: (grad view, shape, dtype, kinds, has_grad memoryview, index) while the parameter is
+    # in a plain host arena (set by Arena._bind), else None: what `p.grad = g` needs, in one load
+    __slots__ = ("_data", "_grad", "_arena", "_index", "_fast", "__weakref__")
 
     def __init__(self, data):
         if isinstance(data, Parameter):
@@ -64,6 +67,7 @@ class Parameter:
         self._grad = None          # only used while the parameter is in no arena
         self._arena = None
         self._index = -1
+        self._fast = None
 
     # -- value -------------------------------------------------------------------
     @property
@@ -129,15 +133,21 @@ class Parameter:
 
     @grad.setter
     def grad(self, value):
-        arena = self._arena
-        if type(value) is np.ndarray and arena is not None and arena.plain_grads:
-            # the common case, kept short: a host array into a host arena's grad view
-            view = arena._grad_views[self._index]
-            kind = value.dtype.kind
-            if value.shape == view.shape and (kind in "fiub" or kind == view.dtype.kind):
-                view[...] = value           # cast to the arena's dtype, as np.copyto(unsafe)
-                arena.has_grad[self._index] = True
+        fast = self._fast
+        if fast is not None:
+            # the common case, kept short: a host array into a plain host arena's grad view
+            # (the checks of _check_assignable, at a few attribute loads; anything else below)
+            if type(value) is _ndarray:
+                view, shape, dtype, kinds, has_grad, i = fast
+                vdtype = value.dtype
+                if value.shape == shape and (vdtype is dtype or vdtype.kind in kinds):
+                    view[...] = value           # cast to the arena's dtype, as np.copyto(unsafe)
+                    has_grad[i] = True
+                    return
+            elif value is None:
+                fast[4][fast[5]] = False
                 return
+        arena = self._arena
         sparse = None if arena is None else getattr(arena, "sparse_grads", None)
         if value is None:
             if arena is None:
@@ -174,6 +184,10 @@ class Parameter:
     def __setstate__(self, state):
         self._arena = state["_arena"]
         self._index = state["_index"]
+        try:
+            self._fast          # set already when the arena was unpickled first (its _bind)
+        except AttributeError:
+            self._fast = None
         if "_data" in state:
             self._data = state["_data"]
             self._grad = state["_grad"]
