@@ -21,15 +21,16 @@ def _typename(obj):
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _parameter_list(parameters, warn_empty=False):
-    """The Parameters in ``parameters`` (an optimizer, one Parameter or an iterable), checked."""
+def _parameter_list(parameters, warn_empty=False, device_ok=False):
+    """The Parameters in ``parameters`` (an optimizer, one Parameter or an iterable), checked
+    (GPU arenas refused unless ``device_ok``)."""
     if isinstance(parameters, Optimizer) and getattr(parameters, "_lanes", None) is not None:
         params = parameters._ordered_params()     # several dtypes: one arena each
         for arena in parameters.arenas.values():
             _check_host(arena)
         return params
     if isinstance(parameters, Optimizer):
-        _check_host(parameters.arena)
+        _check_host(parameters.arena, device_ok)
         if parameters.arena.stale is None:
             return parameters.arena.params
         return [p for g in parameters.param_groups for p in g["params"]]
@@ -49,7 +50,7 @@ def _parameter_list(parameters, warn_empty=False):
             raise TypeError("expected numbaopt.Parameter objects (or an optimizer), got "
                             f"{type(p).__module__}.{type(p).__qualname__}")
         if p._arena is not None:
-            _check_host(p._arena)
+            _check_host(p._arena, device_ok)
     return params
 
 
@@ -65,16 +66,19 @@ def _collect(parameters, warn_empty=False):
     if isinstance(parameters, Optimizer):
         threshold = getattr(parameters, "parallel_threshold", PARALLEL_THRESHOLD)
         arena = parameters.arena
-        _check_host(arena)
+        _check_host(arena, device_ok=True)
         _average_first(arena)
         if arena.stale is None:
             return arena.params, arena, arena.has_grad, threshold
-    params = _parameter_list(parameters, warn_empty)
+    params = _parameter_list(parameters, warn_empty, device_ok=True)
     if not params:
         return params, None, None, threshold
     arena = params[0]._arena
     _average_first(arena)
     if arena is None or any(p._arena is not arena for p in params):
+        for p in params:                  # (the NumPy path reads host gradients)
+            if p._arena is not None:
+                _check_host(p._arena)
         return params, None, None, threshold
     selected = np.zeros(len(arena), dtype=np.bool_)
     index = [p._index for p in params]
@@ -104,14 +108,15 @@ def _average_first(arena):
         owner._clipping_parameters()
 
 
-def _check_host(arena):
+def _check_host(arena, device_ok=False):
     stage = getattr(arena, "sparse_grads", None)
     if stage is not None and stage.live:
         raise NotImplementedError(
             "gradient clipping of sparse gradients (RowSparseGrad) is not supported; "
             "clip the rows' values before assigning them")
-    if not isinstance(arena.grad, np.ndarray):
+    if not device_ok and not isinstance(arena.grad, np.ndarray):
         raise NotImplementedError(
-            "gradient clipping works on optimizers with device='cpu' (host arenas) only; "
-            f"this arena's gradients are a {type(arena.grad).__name__}")
+            "this works on host arrays only (device='cpu' arenas; clipping takes the "
+            "parameters of one GPU optimizer, or the optimizer itself); this arena's "
+            f"gradients are a {type(arena.grad).__name__}")
 

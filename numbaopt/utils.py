@@ -117,7 +117,11 @@ def _grads_norm(params, arena, mask, threshold, norm_type):
             # other orders are not, so they take the complex views through NumPy
             with np.errstate(all="ignore"):
                 return np.asarray(_total_norm_numpy(
-                    [arena.view(arena.grad, i) for i in np.flatnonzero(mask)], norm_type))
+                    [arena.param_to_host(arena.grad, i) for i in np.flatnonzero(mask)],
+                    norm_type))
+        if not isinstance(arena.grad, np.ndarray):
+            from .kernels import cuda_clip     # a GPU arena: reduced on the device
+            return cuda_clip.grad_norm(arena, mask, norm_type)
         return _kernel_norm(arena.grad, arena.chunks, mask, norm_type, arena.size >= threshold)
     grads = [p.grad for p in params]
     _check_empty([(i, g.size) for i, g in enumerate(grads) if g is not None], norm_type)
@@ -273,7 +277,10 @@ def _clip_grads(params, arena, mask, threshold, max_norm, total):
         coef = _clip_coef(total, max_norm)
     if coef == 1:
         return            # multiplying by 1 changes no bit: skip the pass
-    if arena is not None:
+    if arena is not None and not isinstance(arena.grad, np.ndarray):
+        from .kernels import cuda_clip
+        cuda_clip.scale_grads(arena, mask, coef)
+    elif arena is not None:
         kernel = _scale_grads_cpu_parallel if arena.size >= threshold else _scale_grads_cpu
         kernel(arena.grad, arena.chunks, mask, float(coef))
     else:
@@ -392,6 +399,10 @@ def clip_grad_value_(parameters, clip_value, foreach=None):
     if complex_grads:
         raise RuntimeError("clamp is not supported for complex types (clip_grad_value_ of a "
                            "complex gradient, as in torch)")
+    if arena is not None and not isinstance(arena.grad, np.ndarray):
+        from .kernels import cuda_clip
+        cuda_clip.clamp_grads(arena, mask, clip_value)
+        return None
     if arena is not None:
         kernel = _clamp_grads_cpu_parallel if arena.size >= threshold else _clamp_grads_cpu
         kernel(arena.grad, arena.chunks, mask, clip_value)

@@ -817,12 +817,11 @@ class _DeviceArray:
 
 
 def test_device_arenas_are_refused_clearly(monkeypatch, rng):
-    # a device="cuda" arena keeps device arrays; every function refuses it before any work
+    # a device="cuda" arena keeps device arrays; the vector functions refuse it before any
+    # work (clipping runs on the device: tests/cuda/test_clip_cuda.py)
     opt, params = model(rng)
     monkeypatch.setattr(opt.arena, "grad", _DeviceArray())
-    for call in (lambda: utils.clip_grads_with_norm_(opt, 1.0, np.array(1.0)),
-                 lambda: utils.clip_grads_with_norm_(params, 1.0, np.array(1.0)),
-                 lambda: utils.parameters_to_vector(opt),
+    for call in (lambda: utils.parameters_to_vector(opt),
                  lambda: utils.parameters_to_vector(params),
                  lambda: utils.vector_to_parameters(np.zeros(980), params)):
         with pytest.raises(NotImplementedError, match="device='cpu'"):
@@ -831,3 +830,25 @@ def test_device_arenas_are_refused_clearly(monkeypatch, rng):
                  lambda: utils.vector_to_parameters(_DeviceArray(), [])):
         with pytest.raises(NotImplementedError, match="host"):
             call()
+
+
+def test_the_cuda_clipping_kernels_compile_to_ptx():
+    """Real CUDA compilation of numbaopt.kernels.cuda_clip, no GPU needed (NVVM from
+    numba-cuda[cu12]); tests/cuda/test_clip_cuda.py runs them under the simulator."""
+    from numba.core import config
+    if config.ENABLE_CUDASIM:
+        pytest.skip("the simulator compiles nothing")
+    try:
+        from numba import cuda, types
+        from numba.cuda.cudadrv import nvvm
+        if not nvvm.is_available():
+            raise ImportError
+    except Exception:
+        pytest.skip("numba-cuda with NVVM is not installed (pip install 'numbaopt[cuda]')")
+    from numbaopt.kernels import cuda_clip
+    for T in (types.float32, types.float64):
+        common = (T[::1], types.boolean[::1], types.int64[:, ::1], types.float64)
+        for kernel, sig in ((cuda_clip._partials_cuda, common + (types.float64[:, ::1],)),
+                            (cuda_clip._scale_cuda, common), (cuda_clip._clamp_cuda, common)):
+            ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+            assert ".entry" in ptx
