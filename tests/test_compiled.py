@@ -230,3 +230,26 @@ def test_a_cached_user_function_loads_in_a_second_process(tmp_path):
     first, second = (r.stdout.split() for r in runs)
     assert first[0] == "1" and second[:2] == ["0", "1"]      # compiled once, then loaded
     assert first[2] == second[2]
+
+
+@pytest.mark.parametrize("name", ["Adafactor", "Muon"])
+def test_adafactor_and_muon_step_from_compiled_code_as_from_python(name):
+    """Their steps are one compiled call too (factored second moments; Newton-Schulz), so a
+    handle steps them; bit for bit the Python loop."""
+    if name == "Muon":
+        pytest.importorskip("scipy")
+    shapes = [(3, 4), (4, 2), (2, 5)] if name == "Muon" else [(3, 4), (5,), (2, 3, 4)]
+    rng = np.random.default_rng(5)
+    values = [rng.standard_normal(s) for s in shapes]
+    grads = rng.standard_normal((12, sum(int(np.prod(s)) for s in shapes)))
+    runs = []
+    for _ in range(2):
+        params = [numbaopt.Parameter(v.copy()) for v in values]
+        groups = [{"params": params[:1]}, {"params": params[1:], "lr": 0.02}]
+        runs.append((params, getattr(optim, name)(groups, lr=0.01)))
+    (p1, o1), (p2, o2) = runs
+    _train(o1.compiled(), grads, 0, 12, 5)
+    _python(o2, p2, grads, 0, 12, 5)
+    for a, b in zip(p1, p2):
+        np.testing.assert_array_equal(a.data, b.data)
+    assert o1.param_groups[1]["lr"] == o2.param_groups[1]["lr"]
