@@ -60,9 +60,6 @@ def _collect(parameters, warn_empty=False):
     ``mask`` selects, per arena parameter, those that were passed *and* have a gradient.
     """
     threshold = PARALLEL_THRESHOLD
-    if isinstance(parameters, Optimizer) and getattr(parameters, "_lanes", None) is not None:
-        # several dtypes: NumPy over each gradient, torch's promotion of the norms
-        return _parameter_list(parameters, warn_empty), None, None, threshold
     if isinstance(parameters, Optimizer):
         threshold = getattr(parameters, "parallel_threshold", PARALLEL_THRESHOLD)
         arena = parameters.arena

@@ -318,9 +318,10 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None):
     collective = _collective(parameters, "_clip_grads_with_norm_")
     if collective is not None:
         return collective(max_norm, total_norm)
-    collected = _collect(parameters)
     max_norm = float(max_norm)
-    _clip_grads(*collected, max_norm, _as_total_norm(total_norm))
+    total = _as_total_norm(total_norm)
+    for collected in _collected(parameters):
+        _clip_grads(*collected, max_norm, total)
 
 
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
@@ -364,11 +365,20 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         return collective(max_norm, norm_type, error_if_nonfinite)
     norm_type = float(norm_type)
     max_norm = float(max_norm)
-    collected = _collect(parameters, warn_empty=True)
     # get_total_norm and clip_grads_with_norm_ over one _collect (torch lists the grads once)
-    total = _grads_norm(*collected, norm_type)
+    parts = _collected(parameters, warn_empty=True)
+    if len(parts) == 1:
+        total = _grads_norm(*parts[0], norm_type)
+    else:
+        # several dtypes: each arena's norm in one pass, then the norm of those, promoted
+        # as torch stacks the per-parameter norms (arenas without gradients left out)
+        norms = [_grads_norm(*c, norm_type) for c in parts if c[2].any()]
+        with np.errstate(all="ignore"):
+            total = np.asarray(_total_norm_numpy(norms, norm_type)) if norms else \
+                np.array(0.0, dtype=np.float32)
     _check_finite(total, norm_type, error_if_nonfinite)
-    _clip_grads(*collected, max_norm, total)
+    for collected in parts:
+        _clip_grads(*collected, max_norm, total)
     return total
 
 
@@ -393,12 +403,27 @@ def clip_grad_value_(parameters, clip_value, foreach=None):
     if collective is not None:
         return collective(clip_value)
     clip_value = float(clip_value)
-    params, arena, mask, threshold = _collect(parameters, warn_empty=True)
-    complex_grads = arena.is_complex[mask].any() if arena is not None else any(
-        p.grad is not None and p.grad.dtype.kind == "c" for p in params)
-    if complex_grads:
-        raise RuntimeError("clamp is not supported for complex types (clip_grad_value_ of a "
-                           "complex gradient, as in torch)")
+    parts = _collected(parameters, warn_empty=True)
+    for params, arena, mask, _ in parts:
+        complex_grads = arena.is_complex[mask].any() if arena is not None else any(
+            p.grad is not None and p.grad.dtype.kind == "c" for p in params)
+        if complex_grads:
+            raise RuntimeError("clamp is not supported for complex types (clip_grad_value_ of "
+                               "a complex gradient, as in torch)")
+    for collected in parts:
+        _clamp(*collected, clip_value)
+    return None
+
+
+def _collected(parameters, warn_empty=False):
+    """``[_collect(...)]``: one per arena of an optimizer over several dtypes, else one."""
+    lanes = getattr(parameters, "_lanes", None) if isinstance(parameters, Optimizer) else None
+    if lanes is None:
+        return [_collect(parameters, warn_empty)]
+    return [_collect(lane) for lane in lanes]
+
+
+def _clamp(params, arena, mask, threshold, clip_value):
     if arena is not None and not isinstance(arena.grad, np.ndarray):
         from .kernels import cuda_clip
         cuda_clip.clamp_grads(arena, mask, clip_value)

@@ -94,3 +94,21 @@ def test_clip_grad_value_and_clip_grads_with_norm_on_the_gpu():
     for a, b in zip(hp, gp):
         if a.grad is not None:
             np.testing.assert_array_equal(b.grad.copy_to_host(), a.grad)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, np.inf])
+def test_several_dtypes_on_the_gpu_clip_as_on_the_host(norm_type):
+    rng = np.random.default_rng(2)
+    values = [rng.standard_normal((3, 2)).astype(np.float32), rng.standard_normal(5)]
+    grads = [3 * rng.standard_normal(v.shape).astype(v.dtype) for v in values]
+    out = []
+    for device in ("cpu", "cuda"):
+        params = [numbaopt.Parameter(v.copy()) for v in values]
+        opt = optim.Adam(params, device=device)
+        opt.set_grads(grads)
+        out.append((opt, params, utils.clip_grad_norm_(opt, 1.0, norm_type=norm_type)))
+    (_, hp, expected), (_, gp, got) = out
+    assert got.dtype == expected.dtype == np.float64
+    assert_close(got, expected)
+    for a, b in zip(hp, gp):
+        assert_close(b.grad.copy_to_host(), a.grad)
