@@ -461,18 +461,21 @@ def test_clip_grad_value_of_a_complex_gradient_is_refused_as_torch_does():
     np.testing.assert_array_equal(x.grad, [1, -1])
 
 
-def run_ddp_script(name, tmp_path, nranks=2):
-    """Run tests/mpi_scripts/<name> under mpiexec and alone (``--reference``); returns what
-    rank 0 saved and what the single process saved."""
+def run_ddp_script(name, tmp_path, nranks=2, env=None):
+    """Run tests/mpi_scripts/<name> under mpiexec (with ``env`` added to the environment)
+    and alone on the CPU (``--reference``); returns what rank 0 saved and what the single
+    process saved."""
     pytest.importorskip("mpi4py")
     import pickle
     import subprocess
 
     import test_distributed as D       # its mpirun (and its skips without MPI)
     script = pathlib.Path(__file__).parent / "mpi_scripts" / name
-    D.mpirun(nranks, script, tmp_path)
+    D.mpirun(nranks, script, tmp_path, env=dict(__import__("os").environ, **(env or {})))
+    alone = {k: v for k, v in (env or {}).items() if k != "DDP_DEVICE"}    # on the CPU
     subprocess.run([sys.executable, str(script), str(tmp_path), "--reference", str(nranks)],
-                   check=True, env=dict(__import__("os").environ, PYTHONPATH=str(D.ROOT)))
+                   check=True, env=dict(__import__("os").environ, PYTHONPATH=str(D.ROOT),
+                                        **alone))
     return (pickle.loads((tmp_path / "ranks.pkl").read_bytes()),
             pickle.loads((tmp_path / "reference.pkl").read_bytes()))
 

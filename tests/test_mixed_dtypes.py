@@ -300,12 +300,21 @@ def test_checkpoints_of_a_mixed_optimizer(tmp_path):
         numbaopt.load(tmp_path / "m.safetensors", single)
 
 
-def test_data_parallel_training_over_several_dtypes_equals_one_process(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_data_parallel_training_over_several_dtypes_equals_one_process(tmp_path, device):
     """2 ranks, plain and sharded: one DistributedOptimizer per arena, with clipping (the norm
     over every arena), a NaN on one rank (skipped everywhere), a scheduler; then a
-    state_dict and a checkpoint of the sharded run resume as one process would."""
+    state_dict and a checkpoint of the sharded run resume as one process would. On
+    device="cuda" arenas too, under the simulator, against the same CPU process."""
     import test_distributed as D
-    ranks, reference = run_ddp_script("ddp_mixed.py", tmp_path)
+    env = None
+    if device == "cuda":
+        pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+        # (no clipping: a sharded GPU optimizer refuses it, the plain one's is tested in
+        # tests/cuda/test_clip_cuda.py)
+        env = {"DDP_DEVICE": "cuda", "NUMBA_ENABLE_CUDASIM": "1", "DDP_CLIP": "0",
+               "DDP_STEPS": "3"}
+    ranks, reference = run_ddp_script("ddp_mixed.py", tmp_path, env=env)
     script = pathlib.Path(__file__).parent / "mpi_scripts" / "ddp_mixed.py"
     assert reference["skipped"] == 1
     # float32's tolerance for every parameter, float64 ones too: the clipping coefficient
@@ -330,7 +339,8 @@ def test_data_parallel_training_over_several_dtypes_equals_one_process(tmp_path)
     opt.load_state_dict(reference["sd"])
     for p, v in zip(params, reference["data"]):
         p.data = v
-    opt.set_grads(ddp_mixed.gradients(params, *ddp_mixed.batch(ddp_mixed.STEPS, 8)))
+    steps = int((env or {}).get("DDP_STEPS", ddp_mixed.STEPS))
+    opt.set_grads(ddp_mixed.gradients(params, *ddp_mixed.batch(steps, 8)))
     opt.step()
     for resumed in ranks["resumed"]:
         for got, p in zip(resumed, params):

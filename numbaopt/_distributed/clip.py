@@ -49,10 +49,11 @@ def _row_partials_parallel(grad, chunks, mask, norm_type, out):
 
 
 def _check_host(dist):
-    if dist.device != "cpu":
+    if dist.device != "cpu" and dist.shard:
         raise NotImplementedError(
-            "gradient clipping works on optimizers with device='cpu' (host arenas) only; this "
-            "DistributedOptimizer's arena is on the GPU")
+            "gradient clipping of a sharded DistributedOptimizer works on device='cpu' arenas "
+            "only (its norm over the slices is reduced on the host); with device='cuda' use "
+            "shard=False, whose clipping runs on the device")
 
 
 def clip_grad_norm(dist, max_norm, norm_type, error_if_nonfinite):

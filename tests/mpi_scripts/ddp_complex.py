@@ -41,7 +41,7 @@ def batch(step, n):
 
 def gradients(params, x, y, z):
     """torch's gradient (dL/dRe + i dL/dIm) of mean(0.5 |x W + b - y|^2 + 0.5 |v - z|^2)."""
-    W, b, v = (p.data for p in params)
+    W, b, v = (p.numpy() for p in params)
     r = x @ W + b - y
     n = x.shape[0]
     return [x.conj().T @ r / n, r.sum(0) / n, v - z.mean(0)]

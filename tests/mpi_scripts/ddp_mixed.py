@@ -25,8 +25,16 @@ from ddp_complex import batch                         # noqa: E402
 from ddp_complex import gradients as complex_gradients  # noqa: E402
 
 PER_RANK = 4
-STEPS = 6
+STEPS = int(os.environ.get("DDP_STEPS", 6))   # (the simulator runs take 3)
 NAN_AT = 2
+#: DDP_DEVICE=cuda (with NUMBA_ENABLE_CUDASIM=1 here): the same run on device="cuda" arenas
+DEVICE = os.environ.get("DDP_DEVICE", "cpu")
+#: DDP_CLIP=0: no clipping (a sharded GPU optimizer does not clip)
+CLIP = os.environ.get("DDP_CLIP", "1") == "1"
+if DEVICE == "cuda":
+    from numbaopt.kernels import cuda as kernels
+    kernels.THREADS_PER_BLOCK = 4          # the simulator runs a Python thread per GPU thread
+    kernels.CHUNK = 5
 
 
 def make():
@@ -36,7 +44,7 @@ def make():
     params = [numbaopt.Parameter(W), numbaopt.Parameter(b),
               numbaopt.Parameter(rng.standard_normal(5))]
     opt = optim.Adam([{"params": params[:2]}, {"params": params[2:], "lr": 0.02}], lr=0.05,
-                     amsgrad=True, skip_nonfinite=True)
+                     amsgrad=True, skip_nonfinite=True, device=DEVICE)
     return opt, params
 
 
@@ -54,7 +62,8 @@ def train(opt, params, part, first=0, last=STEPS, nan_rank=None):
         if step == NAN_AT and nan_rank is not None:
             grads[2][0] = np.nan
         opt.set_grads(grads)
-        utils.clip_grad_norm_(opt, 1.0)
+        if CLIP:
+            utils.clip_grad_norm_(opt, 1.0)
         opt.step()
         sched.step()
 
@@ -79,7 +88,7 @@ if __name__ == "__main__":
         opt, params = make()
         dopt = DistributedOptimizer(opt, comm, shard=shard)
         train(dopt, params, mine, nan_rank=1 if RANK == 1 else None)
-        out[shard] = {"data": [p.data.copy() for p in params], "sd": dopt.state_dict(),
+        out[shard] = {"data": [p.numpy().copy() for p in params], "sd": dopt.state_dict(),
                       "skipped": dopt.skipped_steps}
         if shard:
             numbaopt.save(os.path.join(outdir, "sharded.safetensors"), dopt)
@@ -96,7 +105,7 @@ if __name__ == "__main__":
                 d.zero_grad()
                 d.set_grads(gradients(ps, *mine(batch(STEPS, SIZE * PER_RANK))))
                 d.step()
-            out["resumed"] = [[p.data.copy() for p in ps] for ps in (params2, params3)]
+            out["resumed"] = [[p.numpy().copy() for p in ps] for ps in (params2, params3)]
     if RANK == 0:
         with open(os.path.join(outdir, "ranks.pkl"), "wb") as f:
             pickle.dump(out, f)
