@@ -52,6 +52,8 @@ def stop_cuda_suite():
     if proc is not None and proc.poll() is None:
         proc.kill()
         proc.wait()
+    if "out" in _SUITE:
+        _SUITE["out"].close()
 
 
 def test_cuda_suite_under_the_simulator():
