@@ -3,8 +3,9 @@
 A training loop that computes gradients outside the arena pays this once per parameter
 per step, before the one-call step, so for many small parameters it can outweigh the
 step itself. 1000 float32 parameters of 100 elements (Adam), assigned one by one
-(``p.grad = g``, the issue's target is 0.3 µs per parameter) and all at once
-(``opt.set_grads(grads)``, one concatenate into the grad arena). Run::
+(``p.grad = g``, the issue's target is 0.3 µs per parameter), all at once
+(``opt.set_grads(grads)``, one concatenate into the grad arena), and as one flat vector
+(``opt.set_grads(vector)``, one copy). Run::
 
     python -m pytest benchmarks/test_grads.py
 
@@ -54,4 +55,13 @@ def test_set_grads(benchmark, case):
     benchmark.group = "gradients in"
     benchmark.extra_info["parameters"] = NPARAMS
     benchmark(opt.set_grads, grads)
+    _check(opt, grads)
+
+
+def test_set_grads_flat_vector(benchmark, case):
+    opt, params, grads = case
+    vector = np.concatenate(grads)
+    benchmark.group = "gradients in"
+    benchmark.extra_info["parameters"] = NPARAMS
+    benchmark(opt.set_grads, vector)
     _check(opt, grads)

@@ -1,5 +1,7 @@
 """Parameter: an ndarray with a ``.grad``, the unit numbaopt optimizers update."""
 
+import math
+
 import numpy as np
 
 from .sparse import RowSparseGrad
@@ -98,7 +100,7 @@ class Parameter:
 
     @property
     def size(self):
-        return int(np.prod(self._data.shape, dtype=np.int64))
+        return math.prod(self._data.shape)
 
     def __array__(self, dtype=None, copy=None):
         """``np.asarray(p)`` is ``p.data``: a view of the arena on the CPU (a host copy of

@@ -380,3 +380,35 @@ def test_cuda_arena_keeps_its_path():
     result = subprocess.run([sys.executable, "-c", _CUDA_SCRIPT], env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_set_grads_takes_one_flat_vector():
+    """A 1-D vector of every gradient end to end: one copy into a real host arena; split
+    into views otherwise (complex parameters, several dtypes), with the same checks."""
+    rng = np.random.default_rng(3)
+    shapes = [(3, 4), (), (5,)]
+    params = [numbaopt.Parameter(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+    opt = numbaopt.optim.Adam(params)
+    vector = rng.standard_normal(18)
+    opt.set_grads(vector)
+    np.testing.assert_array_equal(opt.arena.grad, vector.astype(np.float32))
+    assert opt.arena.has_grad.all()
+    for bad, error in ((np.ones(17), ValueError), (np.ones((18, 1)), ValueError),
+                       (np.ones(18, complex), TypeError), (np.array(["a"] * 18), TypeError)):
+        before = opt.arena.grad.copy()
+        with pytest.raises(error):
+            opt.set_grads(bad)
+        np.testing.assert_array_equal(opt.arena.grad, before)
+    # complex parameters, and several dtypes: the same vector, split
+    z, w = numbaopt.Parameter(np.zeros(2, np.complex128)), numbaopt.Parameter(np.zeros(1, complex))
+    numbaopt.optim.SGD([z, w], lr=1.0).set_grads(np.array([1 + 2j, 3j, 4]))
+    np.testing.assert_array_equal(z.grad, [1 + 2j, 3j])
+    np.testing.assert_array_equal(w.grad, [4])
+    x, y = numbaopt.Parameter(np.zeros(3, np.float32)), numbaopt.Parameter(np.zeros(2))
+    numbaopt.optim.SGD([x, y], lr=1.0).set_grads(np.arange(5.0))
+    np.testing.assert_array_equal(x.grad, [0, 1, 2])
+    np.testing.assert_array_equal(y.grad, [3, 4])
+    # a complex vector for a real parameter is refused (casting would drop the imaginary part)
+    mixed = numbaopt.optim.SGD([z, x], lr=1.0)
+    with pytest.raises(TypeError, match="gradient 1: .*imaginary part"):
+        mixed.set_grads(np.array([1 + 2j, 3j, 4, 5, 6]))

@@ -138,6 +138,8 @@ class MixedDtypesMixin:
             return super().set_grads(grads)
         if self._dirty[0]:
             self._reconcile(None)        # groups appended to param_groups are packed first
+        if isinstance(grads, np.ndarray):
+            grads = self._split_vector(grads)
         params = self._ordered_params()
         grads = list(grads)
         if len(grads) != len(params):

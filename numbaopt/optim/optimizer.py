@@ -124,10 +124,18 @@ class Optimizer(GroupsMixin, StateMixin):
         Parameters are in arena order (group by group, as given; ``opt.arena.params``);
         ``None`` means no gradient. The same checks as ``p.grad = g`` (shape, a real
         dtype), all made before anything is written; for host arenas the copy is one
-        ``np.concatenate`` into the grad arena.
+        ``np.concatenate`` into the grad arena. ``grads`` may also be one 1-D array of
+        every parameter's gradient, flattened and end to end (``parameters_to_vector``'s
+        layout, what a model with a flat gradient has): one copy, whatever the count.
         """
         if self._dirty[0]:
             self._reconcile(None)        # groups appended to param_groups are packed first
+        if isinstance(grads, np.ndarray):
+            grads = self._split_vector(grads)
+            if isinstance(grads, np.ndarray):            # the arena's own layout: one copy
+                np.copyto(self.arena.grad, grads, casting="unsafe")
+                self.arena.has_grad[:] = True
+                return
         arena = self.arena
         params = arena.params
         grads = list(grads)
@@ -150,6 +158,25 @@ class Optimizer(GroupsMixin, StateMixin):
                     raise type(error)(f"gradient {i}: {error}") from None
         for p, g in zip(params, grads):
             p.grad = g
+
+    def _split_vector(self, vector):
+        """A flat gradient vector as the arena's grad layout (itself, when it is real and the
+        arena a host one without complex parameters), or as one view per parameter."""
+        kind = vector.dtype.kind
+        arena = None if getattr(self, "_lanes", None) is not None else self.arena
+        if arena is not None and arena.plain_grads and not arena.has_complex \
+                and kind in "fiub" and vector.ndim == 1 and vector.size == arena.size:
+            return vector                 # the arena's own layout
+        params = self._ordered_params()
+        sizes = [p.size for p in params]
+        if vector.ndim != 1 or vector.size != sum(sizes):
+            raise ValueError(f"set_grads got an array of shape {vector.shape}: a 1-D vector of "
+                             f"{sum(sizes)} elements (every parameter's, end to end) or a list "
+                             "of one gradient per parameter")
+        if kind not in "fiubc":
+            raise TypeError(f"gradient must be a real numeric array, got dtype {vector.dtype}")
+        starts = np.cumsum([0] + sizes)
+        return [vector[a:b].reshape(p.shape) for p, a, b in zip(params, starts, starts[1:])]
 
     def compiled(self):
         """A handle to step this optimizer from ``@njit`` code (``numbaopt.compiled``)."""
