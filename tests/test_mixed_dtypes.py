@@ -306,7 +306,6 @@ def test_data_parallel_training_over_several_dtypes_equals_one_process(tmp_path,
     over every arena), a NaN on one rank (skipped everywhere), a scheduler; then a
     state_dict and a checkpoint of the sharded run resume as one process would. On
     device="cuda" arenas too, under the simulator, against the same CPU process."""
-    import test_distributed as D
     env = None
     if device == "cuda":
         pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
