@@ -618,3 +618,11 @@ def test_digits_mlp_reaches_95_percent_and_resumes_exactly(run_example):
     assert tuple(map(float, resumed.groups())) == (train_acc, test_acc)
     assert "checkpoint after epoch 10" in text
     assert lines[-1] == "resumed run ends with the same parameters as the uninterrupted run: True"
+
+
+def test_phase_retrieval_recovers_the_signal_with_complex_adam(run_example):
+    lines = run_example("phase_retrieval.py")
+    assert lines[0].startswith("spectral start: error")
+    assert any("recovered up to a global phase" in line and "(below 1e-6)" in line
+               for line in lines), lines
+    assert any(line.endswith("agrees bit for bit: True") for line in lines), lines
