@@ -309,10 +309,7 @@ def test_data_parallel_training_over_several_dtypes_equals_one_process(tmp_path,
     env = None
     if device == "cuda":
         pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
-        # (no clipping: a sharded GPU optimizer refuses it, the plain one's is tested in
-        # tests/cuda/test_clip_cuda.py)
-        env = {"DDP_DEVICE": "cuda", "NUMBA_ENABLE_CUDASIM": "1", "DDP_CLIP": "0",
-               "DDP_STEPS": "3"}
+        env = {"DDP_DEVICE": "cuda", "NUMBA_ENABLE_CUDASIM": "1", "DDP_STEPS": "3"}
     ranks, reference = run_ddp_script("ddp_mixed.py", tmp_path, env=env)
     script = pathlib.Path(__file__).parent / "mpi_scripts" / "ddp_mixed.py"
     assert reference["skipped"] == 1

@@ -48,18 +48,9 @@ def _row_partials_parallel(grad, chunks, mask, norm_type, out):
             out[i] = _combine(out[i], partial[c], norm_type)
 
 
-def _check_host(dist):
-    if dist.device != "cpu" and dist.shard:
-        raise NotImplementedError(
-            "gradient clipping of a sharded DistributedOptimizer works on device='cpu' arenas "
-            "only (its norm over the slices is reduced on the host); with device='cuda' use "
-            "shard=False, whose clipping runs on the device")
-
-
 def clip_grad_norm(dist, max_norm, norm_type, error_if_nonfinite):
     """``utils.clip_grad_norm_`` of the gradients averaged over the ranks; the total norm."""
     norm_type, max_norm = float(norm_type), float(max_norm)
-    _check_host(dist)
     dist.synchronize()
     if not dist.shard:
         return utils.clip_grad_norm_(dist.optimizer, max_norm, norm_type, error_if_nonfinite)
@@ -73,7 +64,6 @@ def clip_grads_with_norm(dist, max_norm, total_norm):
     """``utils.clip_grads_with_norm_`` of the averaged gradients."""
     max_norm = float(max_norm)
     total = utils._as_total_norm(total_norm)
-    _check_host(dist)
     dist.synchronize()
     if not dist.shard:
         utils.clip_grads_with_norm_(dist.optimizer, max_norm, total)
@@ -84,7 +74,6 @@ def clip_grads_with_norm(dist, max_norm, total_norm):
 def clip_grad_value(dist, clip_value):
     """``utils.clip_grad_value_`` of the averaged gradients (elementwise: no communication)."""
     clip_value = float(clip_value)
-    _check_host(dist)
     dist.synchronize()
     if not dist.shard:
         return utils.clip_grad_value_(dist.optimizer, clip_value)
@@ -92,6 +81,10 @@ def clip_grad_value(dist, clip_value):
         raise RuntimeError("clamp is not supported for complex types (clip_grad_value_ of a "
                            "complex gradient, as in torch)")
     la = dist._local.arena
+    if not isinstance(la.grad, np.ndarray):
+        from ..kernels import cuda_clip
+        cuda_clip.clamp_grads(la, la.has_grad, clip_value)
+        return None
     parallel = la.size >= dist._local.parallel_threshold
     (_clamp_grads_cpu_parallel if parallel else _clamp_grads_cpu)(
         la.grad, la.chunks, la.has_grad, clip_value)
@@ -119,8 +112,13 @@ def global_norm(dist, norm_type):
     dist._round(CLIP)
     n = len(arena)
     pieces = np.empty(len(la), dtype=np.float64)
-    kernel = _row_partials_parallel if la.size >= local.parallel_threshold else _row_partials
-    kernel(la.grad, la.chunks, la.has_grad, norm_type, pieces)
+    if not isinstance(la.grad, np.ndarray):
+        from ..kernels import cuda_clip           # a GPU slice: reduced on the device
+        cuda_clip.row_partials(la, la.has_grad, norm_type, pieces)
+    else:
+        kernel = _row_partials_parallel if la.size >= local.parallel_threshold \
+            else _row_partials
+        kernel(la.grad, la.chunks, la.has_grad, norm_type, pieces)
     # One vector: the partials, then NaN flags. MPI's MAX and MIN need not propagate NaN,
     # so a NaN travels as a flag (MAX of 1, or MIN of -1) and is put back after.
     if norm_type == math.inf:
@@ -142,7 +140,7 @@ def global_norm(dist, norm_type):
     rows = np.zeros((n, 3), dtype=np.int64)     # one "chunk" per parameter: its partial
     rows[:, 0] = np.arange(n)
     norms = np.empty(n, dtype=np.float64)
-    total = _finish_norm(arena.grad, rows, mask, norm_type, partial, norms)
+    total = _finish_norm(np.empty(0, arena.dtype), rows, mask, norm_type, partial, norms)
     return np.array(total, dtype=arena.dtype)
 
 
@@ -153,6 +151,10 @@ def _scale_slice(dist, max_norm, total):
         return            # multiplying by 1 changes no bit
     local = dist._local
     la = local.arena
+    if not isinstance(la.grad, np.ndarray):
+        from ..kernels import cuda_clip
+        cuda_clip.scale_grads(la, la.has_grad, coef)
+        return
     parallel = la.size >= local.parallel_threshold
     (_scale_grads_cpu_parallel if parallel else _scale_grads_cpu)(
         la.grad, la.chunks, la.has_grad, float(coef))

@@ -17,7 +17,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import utils
-from .clip import _check_host, _scale_slice, global_norm
+from .clip import _scale_slice, global_norm
 from .control import STATE_DICT, STEP, STEP_SYNCED, SYNC
 from ..parameter import Parameter
 from .files import _verdict
@@ -133,7 +133,6 @@ class MixedParts:
     # -- clipping ----------------------------------------------------------------------
     def _mixed_clip_grad_norm(self, max_norm, norm_type, error_if_nonfinite):
         norm_type, max_norm = float(norm_type), float(max_norm)
-        _check_host(self)
         self.synchronize()
         if not self.shard:
             return utils.clip_grad_norm_(self.optimizer, max_norm, norm_type, error_if_nonfinite)

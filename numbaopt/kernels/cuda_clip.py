@@ -16,7 +16,7 @@ from numba import cuda
 from . import cuda as kernels
 from .cpu import _finish_norm
 
-__all__ = ["grad_norm", "scale_grads", "clamp_grads"]
+__all__ = ["grad_norm", "row_partials", "scale_grads", "clamp_grads"]
 
 
 @cuda.jit(cache=True)
@@ -78,28 +78,54 @@ def _launch(arena):
     return max(1, chunks.shape[0]), int(kernels.THREADS_PER_BLOCK)
 
 
+def _chunk_partials(arena, mask, norm_type):
+    """Each chunk's float64 reduction (un-rooted), reduced on the device."""
+    chunks = arena._chunks
+    blocks, tpb = _launch(arena)
+    out = cuda.device_array((chunks.shape[0], tpb), dtype=np.float64)
+    _partials_cuda[blocks, tpb](arena.grad, cuda.to_device(mask), arena._d_chunks,
+                                float(norm_type), out)
+    return _reduce(out.copy_to_host(), norm_type)
+
+
+def _reduce(table, norm_type):
+    """Rows of ``table`` reduced as the norm reduces: max / min keeping NaN, else sums."""
+    with np.errstate(all="ignore"):
+        if norm_type == math.inf:
+            return np.where(np.isnan(table).any(1), np.nan, table.max(1, initial=0.0))
+        if norm_type == -math.inf:
+            return np.where(np.isnan(table).any(1), np.nan, table.min(1, initial=np.inf))
+        return table.sum(1)
+
+
 def grad_norm(arena, mask, norm_type):
     """The total ``norm_type``-norm of the masked parameters' gradients of a CUDA arena, as a
     0-d host array of the arena's dtype (what the CPU kernels give for a host arena)."""
     chunks = arena._chunks
     if chunks.shape[0] == 0:
         return np.array(0.0, dtype=arena.dtype)
-    blocks, tpb = _launch(arena)
-    out = cuda.device_array((chunks.shape[0], tpb), dtype=np.float64)
-    _partials_cuda[blocks, tpb](arena.grad, cuda.to_device(mask), arena._d_chunks,
-                                float(norm_type), out)
-    table = out.copy_to_host()
-    with np.errstate(all="ignore"):
-        if norm_type == math.inf:
-            partial = np.where(np.isnan(table).any(1), np.nan, table.max(1, initial=0.0))
-        elif norm_type == -math.inf:
-            partial = np.where(np.isnan(table).any(1), np.nan, table.min(1, initial=np.inf))
-        else:
-            partial = table.sum(1)
+    partial = _chunk_partials(arena, mask, norm_type)
     norms = np.empty(mask.shape[0], dtype=np.float64)
     like = np.empty(0, dtype=arena.dtype)
     return np.array(_finish_norm(like, chunks, mask, float(norm_type), partial, norms),
                     dtype=arena.dtype)
+
+
+def row_partials(arena, mask, norm_type, out):
+    """Into ``out``: each row owner's (parameter's, or piece's) un-rooted reduction, as the
+    CPU's ``_row_partials`` gives it (a sharded DistributedOptimizer's slices)."""
+    start = np.inf if norm_type == -math.inf else 0.0
+    out[:] = start
+    chunks = arena._chunks
+    if chunks.shape[0] == 0:
+        return
+    partial = _chunk_partials(arena, mask, norm_type)
+    owners = chunks[:, 0]
+    keep = mask[owners]
+    table = np.full((out.shape[0], np.bincount(owners).max(initial=1)), start)
+    rank = np.arange(owners.shape[0]) - np.searchsorted(owners, owners)   # (owners sorted)
+    table[owners[keep], rank[keep]] = partial[keep]
+    out[:] = _reduce(table, norm_type)
 
 
 def scale_grads(arena, mask, coef):

@@ -29,8 +29,6 @@ STEPS = int(os.environ.get("DDP_STEPS", 6))   # (the simulator runs take 3)
 NAN_AT = 2
 #: DDP_DEVICE=cuda (with NUMBA_ENABLE_CUDASIM=1 here): the same run on device="cuda" arenas
 DEVICE = os.environ.get("DDP_DEVICE", "cpu")
-#: DDP_CLIP=0: no clipping (a sharded GPU optimizer does not clip)
-CLIP = os.environ.get("DDP_CLIP", "1") == "1"
 if DEVICE == "cuda":
     from numbaopt.kernels import cuda as kernels
     kernels.THREADS_PER_BLOCK = 4          # the simulator runs a Python thread per GPU thread
@@ -62,8 +60,7 @@ def train(opt, params, part, first=0, last=STEPS, nan_rank=None):
         if step == NAN_AT and nan_rank is not None:
             grads[2][0] = np.nan
         opt.set_grads(grads)
-        if CLIP:
-            utils.clip_grad_norm_(opt, 1.0)
+        utils.clip_grad_norm_(opt, 1.0)
         opt.step()
         sched.step()
 
