@@ -166,31 +166,22 @@ class MixedDtypesMixin:
             lane.zero_grad(set_to_none)
 
     # -- groups ------------------------------------------------------------------------
-    def _reconcile(self, doing="step"):
+    def _packed_groups_params(self):
         if self._lanes is None:
-            return super()._reconcile(doing)
-        stale = next((lane.arena.stale for lane in self._lanes
-                      if lane.arena.stale is not None), None)
-        if doing is not None and stale is not None:
-            raise RuntimeError(f"{type(self).__name__} can no longer {doing}: {stale}")
-        packed = self._packed_params
-        groups = self._param_groups
-        for g, group in enumerate(list(groups)[:len(packed)]):
-            if "params" not in group:
-                raise ValueError(f"param group {g} has no 'params' entry")
-            params = group["params"]
-            if len(params) != len(packed[g]) or any(a is not b for a, b in zip(params, packed[g])):
-                raise RuntimeError(
-                    f"the parameters of param group {g} changed after the optimizer packed "
-                    f"them ({len(packed[g])} packed, {len(params)} in the group now): numbaopt "
-                    "keeps every group's parameters contiguously in its arenas. Add parameters "
-                    "with optimizer.add_param_group({'params': [...]})")
-        if len(groups) < len(packed):
-            raise RuntimeError(
-                f"param_groups holds {len(groups)} groups, the optimizer packed {len(packed)}: "
-                "removing a group is not supported")
-        if len(groups) > len(packed):
-            self._adopt(list(groups)[len(packed):], append=False)
+            return super()._packed_groups_params()
+        return self._packed_params
+
+    def _stale(self):
+        if self._lanes is None:
+            return super()._stale()
+        return next((lane.arena.stale for lane in self._lanes
+                     if lane.arena.stale is not None), None)
+
+    def _check_adopted_dtypes(self, params):
+        if self._mixed_dtypes:
+            self._arena_dtypes(params)          # any dtype: a new one gets an arena
+        else:
+            super()._check_adopted_dtypes(params)
 
     def _adopt(self, new_groups, append):
         if self._lanes is None:
@@ -201,10 +192,10 @@ class MixedDtypesMixin:
                           and isinstance(g.get("params"), Iterator) else g for g in new_groups]
             if not any(_dtypes_of(g) - {self.arena.dtype} for g in new_groups):
                 return super()._adopt(new_groups, append)
-            checked = self._checked_adoption(new_groups, len(self.arena.group_offsets) - 1)
+            checked = self._checked_adoption(new_groups)
             self._become_mixed()             # a new dtype: this arena becomes the first lane
         else:
-            checked = self._checked_adoption(new_groups, len(self._packed_params))
+            checked = self._checked_adoption(new_groups)
         device = self.device
         for group in checked:
             k = len(self._packed_params)
@@ -226,22 +217,6 @@ class MixedDtypesMixin:
             self._packed_params.append(tuple(group["params"]))
         self._lane_by_arena = {id(lane.arena): lane for lane in self._lanes}
         self._sync_lanes()
-
-    def _checked_adoption(self, new_groups, n):
-        """The new groups, completed and checked against the ``n`` packed ones, before any
-        change (torch's checks of add_param_group, and every pending edit)."""
-        from ..arena import check_no_overlap
-        existing = list(self._param_groups)[:n]
-        checked = []
-        for g, raw in enumerate(new_groups):
-            group = self._checked_new_group(raw, existing + checked)
-            self._arena_dtypes(group["params"])
-            check_no_overlap([p for x in existing + checked for p in x["params"]]
-                             + group["params"])
-            self._check_group(group, index=n + g)
-            checked.append(group)
-        self._checked_rows(existing + checked)
-        return checked
 
     def _become_mixed(self):
         """Move this optimizer's arena, state and kernel into a first lane (its groups as

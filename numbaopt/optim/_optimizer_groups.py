@@ -52,17 +52,7 @@ class GroupsMixin:
         With ``append`` they are added to ``param_groups``; otherwise they are its last
         entries already (appended by the user) and are replaced by their completed form.
         """
-        n = len(self.arena.group_offsets) - 1
-        existing = list(self._param_groups)[:n]
-        checked = []
-        for g, raw in enumerate(new_groups):
-            group = self._checked_new_group(raw, existing + checked)
-            self._arena_dtype(group["params"], expected=self.arena.dtype)
-            check_no_overlap([p for x in existing + checked for p in x["params"]]
-                             + group["params"])
-            self._check_group(group, index=n + g)
-            checked.append(group)
-        self._before_add_group(existing + checked)
+        checked = self._checked_adoption(new_groups)
         for group in checked:
             first = len(self.arena)
             groups = [g["params"] for g in self._param_groups][:len(self.arena.group_offsets) - 1]
@@ -76,6 +66,37 @@ class GroupsMixin:
                 self._param_groups[k] = group
             self._after_add_group(first)
 
+    def _checked_adoption(self, new_groups):
+        """``new_groups`` completed and checked against the packed groups, before anything
+        changes: torch's checks of add_param_group, and (``_before_add_group``) every
+        pending edit of the others."""
+        n = len(self._packed_groups_params())
+        existing = list(self._param_groups)[:n]
+        checked = []
+        for g, raw in enumerate(new_groups):
+            group = self._checked_new_group(raw, existing + checked)
+            self._check_adopted_dtypes(group["params"])
+            check_no_overlap([p for x in existing + checked for p in x["params"]]
+                             + group["params"])
+            self._check_group(group, index=n + g)
+            checked.append(group)
+        self._before_add_group(existing + checked)
+        return checked
+
+    def _check_adopted_dtypes(self, params):
+        """Refuse parameters a group added to this optimizer cannot have (another dtype)."""
+        self._arena_dtype(params, expected=self.arena.dtype)
+
+    def _packed_groups_params(self):
+        """The parameters of every packed group, as packed (the arena's order)."""
+        arena = self.arena
+        offsets = arena.group_offsets
+        return [arena.params[offsets[g]:offsets[g + 1]] for g in range(len(offsets) - 1)]
+
+    def _stale(self):
+        """Why the optimizer can no longer step (another took a parameter over), or None."""
+        return self.arena.stale
+
     def _reconcile(self, doing="step"):
         """Make the arena match ``param_groups`` after edits of the list, or raise why not.
 
@@ -83,17 +104,17 @@ class GroupsMixin:
         removed from a packed group, and removed or reordered groups, are refused:
         the arena holds each group's parameters contiguously in order.
         """
-        arena = self.arena
-        if doing is not None and arena.stale is not None:
-            raise RuntimeError(f"{type(self).__name__} can no longer {doing}: {arena.stale}")
+        stale = self._stale()
+        if doing is not None and stale is not None:
+            raise RuntimeError(f"{type(self).__name__} can no longer {doing}: {stale}")
         groups = self._param_groups
-        offsets = arena.group_offsets
-        n = len(offsets) - 1
+        packed = self._packed_groups_params()
+        n = len(packed)
         for g, group in enumerate(list(groups)[:n]):
             if "params" not in group:
                 raise ValueError(f"param group {g} has no 'params' entry")
             params = group["params"]
-            expected = arena.params[offsets[g]:offsets[g + 1]]
+            expected = packed[g]
             if len(params) != len(expected) or any(a is not b for a, b in zip(params, expected)):
                 raise RuntimeError(
                     f"the parameters of param group {g} changed after the optimizer packed "
