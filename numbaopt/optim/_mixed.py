@@ -147,13 +147,8 @@ class MixedDtypesMixin:
         by_lane = {id(lane): [] for lane in self._lanes}
         for p, g in zip(params, grads):
             by_lane[id(self._lane(p))].append(g)
-        from ..parameter import _as_array, _check_assignable
-        for i, (p, g) in enumerate(zip(params, grads)):       # every check before any write
-            if g is not None:
-                try:
-                    _check_assignable(_as_array(g), p.shape, "gradient", p.dtype)
-                except (TypeError, ValueError) as error:
-                    raise type(error)(f"gradient {i}: {error}") from None
+        from .optimizer import check_grads
+        check_grads(params, grads)                            # every check before any write
         for lane in self._lanes:
             lane.set_grads(by_lane[id(lane)])
 

@@ -149,13 +149,7 @@ class Optimizer(GroupsMixin, StateMixin):
             np.concatenate(grads, axis=None, out=arena.grad, casting="unsafe")
             arena.has_grad[:] = True
             return
-        from ..parameter import _as_array, _check_assignable
-        for i, (g, shape) in enumerate(zip(grads, arena.shapes)):
-            if g is not None:
-                try:
-                    _check_assignable(_as_array(g), shape, "gradient", params[i].dtype)
-                except (TypeError, ValueError) as error:
-                    raise type(error)(f"gradient {i}: {error}") from None
+        check_grads(params, grads)
         for p, g in zip(params, grads):
             p.grad = g
 
@@ -255,6 +249,17 @@ class Optimizer(GroupsMixin, StateMixin):
 
     def _check_group(self, group, index=None, where="param group"):
         """Raise ``ValueError`` for an invalid group (torch's base class checks nothing)."""
+
+
+def check_grads(params, grads):
+    """``p.grad = g``'s checks of every pair, before any is written (naming the index)."""
+    from ..parameter import _as_array, _check_assignable
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if g is not None:
+            try:
+                _check_assignable(_as_array(g), p.shape, "gradient", p.dtype)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"gradient {i}: {error}") from None
 
 
 def _python_step(func):
