@@ -27,7 +27,7 @@ from numba.extending import intrinsic
 from .optim.arena_optimizer import ArenaOptimizer
 from .optim.optimizer import Optimizer, _copy_value
 
-__all__ = ["snapshot", "values_dtype", "host_values", "set_values"]
+__all__ = ["snapshot", "values_dtype", "host_values", "set_values", "set_arena_values"]
 
 _ALIGN = 64
 
@@ -99,14 +99,18 @@ def values_size(optimizer):
     return sum(p.size * (2 if p.dtype.kind == "c" else 1) for p in optimizer._ordered_params())
 
 
+def set_arena_values(arena, values):
+    """Write a host vector of the arena's size into its ``data`` (on the host or the GPU)."""
+    if isinstance(arena.data, np.ndarray):
+        arena.data[:] = values
+    elif values.size:
+        arena.data.copy_to_device(np.ascontiguousarray(values, dtype=arena.dtype))
+
+
 def set_values(optimizer, values):
     """Write a ``params`` vector (from ``host_values``) back into the parameters."""
     if not _mixed(optimizer):
-        arena = optimizer.arena
-        if isinstance(arena.data, np.ndarray):
-            arena.data[:] = values
-        elif values.size:
-            arena.data.copy_to_device(np.ascontiguousarray(values, dtype=arena.dtype))
+        set_arena_values(optimizer.arena, values)
         return
     start = 0
     for p in optimizer._ordered_params():

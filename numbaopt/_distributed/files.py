@@ -17,8 +17,7 @@ load: (the writer reads and checks), ``agree(error)``, ``load(loaded)``, ``bcast
 
 import builtins
 
-import numpy as np
-
+from .._checkpoint_snapshot import set_arena_values, snapshot
 from .control import LOAD_FILE, SAVE
 from .transport import broadcast
 
@@ -55,6 +54,14 @@ class CheckpointContext:
 
     def snapshot(self):
         """Collective: ``(params, state_dict)`` on the writer (host copies), None elsewhere."""
+        self.gather()
+        if not self.writer:
+            return None
+        return snapshot(self.dist.optimizer)     # (exact float64 step counts)
+
+    def gather(self):
+        """Collective, the first half of ``snapshot``: the writer's wrapped optimizer holds
+        the whole state (gathered from the shards when sharded)."""
         dist = self.dist
         self._start(SAVE)
         if dist.shard:
@@ -62,14 +69,6 @@ class CheckpointContext:
             dist._gather_full_state(dist._arena, self.root)
             if self.writer:
                 dist._arena.stale = None
-        if not self.writer:
-            return None
-        try:
-            from .._checkpoint_snapshot import snapshot   # exact float64 step counts
-        except ImportError:   # pragma: no cover - an older numbaopt.checkpoint
-            arena = dist.optimizer.arena
-            return np.array(arena.to_host(arena.data), copy=True), dist.optimizer.state_dict()
-        return snapshot(dist.optimizer)
 
     def agree(self, error):
         """Collective: raise on every rank if the writer failed (its own error there)."""
@@ -91,7 +90,7 @@ class CheckpointContext:
             params, state_dict = loaded
             try:
                 dist.optimizer.load_state_dict(state_dict)
-                _set_data(dist._arena, params)
+                set_arena_values(dist._arena, params)
             except Exception as exc:   # noqa: BLE001 - raised below, on every rank
                 error = exc
         try:
@@ -121,13 +120,6 @@ class CheckpointContext:
         if dist.shard:
             dist._release_full_state()     # the wrapped optimizer refuses to step again
         self._holding = False
-
-
-def _set_data(arena, values):
-    if isinstance(arena.data, np.ndarray):
-        arena.data[:] = values
-    elif values.size:
-        arena.data.copy_to_device(np.ascontiguousarray(values, dtype=arena.dtype))
 
 
 def _verdict(dist, root, error, what):

@@ -17,6 +17,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import utils
+from .._checkpoint_snapshot import set_values, snapshot
 from .clip import _scale_slice, global_norm
 from .control import STATE_DICT, STEP, STEP_SYNCED, SYNC
 from ..parameter import Parameter
@@ -165,12 +166,9 @@ class MixedCheckpoint:
 
     def snapshot(self):
         for ctx in self._parts:
-            ctx.snapshot()
+            ctx.gather()                      # each lane holds its whole state on the writer
         if not self.writer:
             return None
-        from .._checkpoint_snapshot import snapshot
-        for ctx in self._parts:
-            ctx.optimizer
         return snapshot(self.dist.optimizer)
 
     def agree(self, error):
@@ -187,7 +185,6 @@ class MixedCheckpoint:
         error = None
         lanes = [None] * len(self._parts)
         if self.writer:
-            from .._checkpoint_snapshot import set_values
             params, state_dict = loaded
             opt = self.dist.optimizer
             try:
