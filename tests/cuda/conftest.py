@@ -47,3 +47,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
         if "needs_cuda" in item.keywords and not (SIMULATOR or GPU):
             item.add_marker(unavailable)
+
+
+@pytest.fixture
+def tiny_blocks(monkeypatch):
+    """4-thread blocks and 5-element chunks, so small parameters span many blocks (the
+    simulator runs a Python thread per GPU thread)."""
+    from numbaopt.kernels import cuda as kernels
+    monkeypatch.setattr(kernels, "THREADS_PER_BLOCK", 4)
+    monkeypatch.setattr(kernels, "CHUNK", 5)

@@ -16,16 +16,10 @@ from test_adafactor import _from, run_ours
 from tolerance import assert_close
 
 
-pytestmark = pytest.mark.needs_cuda   # skipped without a GPU or the simulator (conftest)
+# skipped without a GPU or the simulator; tiny blocks and chunks (both in conftest)
+pytestmark = [pytest.mark.needs_cuda, pytest.mark.usefixtures("tiny_blocks")]
 
 STEPS = 4   # the simulator runs every thread in Python (and pays ~5 ms a barrier)
-
-
-@pytest.fixture(autouse=True)
-def tiny_blocks(monkeypatch):
-    from numbaopt.kernels import cuda as kernels
-    monkeypatch.setattr(kernels, "THREADS_PER_BLOCK", 4)
-    monkeypatch.setattr(kernels, "CHUNK", 5)
 
 
 @pytest.fixture

@@ -14,17 +14,11 @@ from numbaopt import optim
 from numbaopt.checkpoint import load, load_parameters, save, save_parameters
 
 
-pytestmark = pytest.mark.needs_cuda   # skipped without a GPU or the simulator (conftest)
+# skipped without a GPU or the simulator; tiny blocks and chunks (both in conftest)
+pytestmark = [pytest.mark.needs_cuda, pytest.mark.usefixtures("tiny_blocks")]
 pytest.importorskip("safetensors")
 
 SHAPES = ((3, 4), (), (7,))
-
-
-@pytest.fixture(autouse=True)
-def tiny_blocks(monkeypatch):
-    from numbaopt.kernels import cuda as kernels
-    monkeypatch.setattr(kernels, "THREADS_PER_BLOCK", 4)
-    monkeypatch.setattr(kernels, "CHUNK", 5)
 
 
 def _build(device, seed=0, cls=optim.Adam, **kwargs):

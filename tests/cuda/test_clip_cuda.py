@@ -12,14 +12,8 @@ import numbaopt
 from numbaopt import optim, utils
 from tolerance import assert_close
 
-pytestmark = pytest.mark.needs_cuda   # skipped without a GPU or the simulator (conftest)
-
-
-@pytest.fixture(autouse=True)
-def tiny_blocks(monkeypatch):
-    from numbaopt.kernels import cuda as kernels
-    monkeypatch.setattr(kernels, "THREADS_PER_BLOCK", 4)
-    monkeypatch.setattr(kernels, "CHUNK", 5)
+# skipped without a GPU or the simulator; tiny blocks and chunks (both in conftest)
+pytestmark = [pytest.mark.needs_cuda, pytest.mark.usefixtures("tiny_blocks")]
 
 
 def _pair(dtype, complex_=False):

@@ -22,16 +22,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import make_sparse_adam_reference as ref  # noqa: E402
 
 
-pytestmark = pytest.mark.needs_cuda   # skipped without a GPU or the simulator (conftest)
+# skipped without a GPU or the simulator; tiny blocks and chunks (both in conftest)
+pytestmark = [pytest.mark.needs_cuda, pytest.mark.usefixtures("tiny_blocks")]
 
 STEPS = 6   # the simulator runs every thread in Python
-
-
-@pytest.fixture(autouse=True)
-def tiny_blocks(monkeypatch):
-    from numbaopt.kernels import cuda as kernels
-    monkeypatch.setattr(kernels, "THREADS_PER_BLOCK", 4)
-    monkeypatch.setattr(kernels, "CHUNK", 5)
 
 
 def run(case, dtype, device, steps=STEPS):
