@@ -330,23 +330,11 @@ def test_an_edit_to_a_rule_module_reaches_the_next_process(tmp_path):
 
 
 # -- the CUDA kernels compile (no GPU needed: NVVM from numba-cuda[cu12]) -------------------
-def _nvvm_available():
-    try:
-        from numba import cuda
-        from numba.cuda.cudadrv import nvvm
-        return cuda is not None and nvvm.is_available()
-    except Exception:
-        return False
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", ALL)
 def test_every_rule_compiles_to_ptx(name, dtype):
-    from numba.core import config
-    if config.ENABLE_CUDASIM:
-        pytest.skip("the simulator compiles nothing")
-    if not _nvvm_available():
-        pytest.skip("NVVM is not installed (pip install 'numbaopt[cuda]' brings it)")
+    from ptx import require_ptx
+    require_ptx()
     ptx = getattr(optim, name)._rule.cuda().ptx(dtype)
     kind = "f32" if dtype == "float32" else "f64"
     assert ".entry" in ptx

@@ -631,16 +631,9 @@ def test_a_second_process_loads_the_kernel_from_the_cache():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_cuda_kernels_compile_to_ptx(dtype):
-    from numba.core import config
-    if config.ENABLE_CUDASIM:
-        pytest.skip("the simulator compiles nothing")
-    try:
-        from numba import cuda, types
-        from numba.cuda.cudadrv import nvvm
-        if not nvvm.is_available():
-            raise ImportError
-    except Exception:
-        pytest.skip("NVVM is not installed (pip install 'numbaopt[cuda]' brings it)")
+    from ptx import require_ptx
+    cuda = require_ptx()
+    from numba import types
     from numba.np.numpy_support import from_dtype
     from numbaopt.kernels import scalar
     from numbaopt.kernels.elementwise import bind, twin

@@ -835,16 +835,9 @@ def test_device_arenas_are_refused_clearly(monkeypatch, rng):
 def test_the_cuda_clipping_kernels_compile_to_ptx():
     """Real CUDA compilation of numbaopt.kernels.cuda_clip, no GPU needed (NVVM from
     numba-cuda[cu12]); tests/cuda/test_clip_cuda.py runs them under the simulator."""
-    from numba.core import config
-    if config.ENABLE_CUDASIM:
-        pytest.skip("the simulator compiles nothing")
-    try:
-        from numba import cuda, types
-        from numba.cuda.cudadrv import nvvm
-        if not nvvm.is_available():
-            raise ImportError
-    except Exception:
-        pytest.skip("numba-cuda with NVVM is not installed (pip install 'numbaopt[cuda]')")
+    from ptx import require_ptx
+    cuda = require_ptx()
+    from numba import types
     from numbaopt.kernels import cuda_clip
     for T in (types.float32, types.float64):
         common = (T[::1], types.boolean[::1], types.int64[:, ::1], types.float64)
