@@ -156,8 +156,10 @@ class Arena:
         for i, (p, view, shape) in enumerate(zip(self.params, self._grad_views, self.shapes)):
             if p._arena is not self:    # another optimizer has taken the parameter over since
                 continue
-            kinds = "fiubc" if view.dtype.kind == "c" else "fiub"   # a real one refuses complex
-            p._fast = (view, shape, view.dtype, kinds, flags, i) if plain else None
+            # (a memoryview cannot assign complex formats: complex goes through NumPy)
+            flat = memoryview(view) if plain and view.ndim == 1 and view.dtype.kind == "f" \
+                else None
+            p._fast = (view, shape, view.dtype, flat, flags, i) if plain else None
 
     @property
     def plain_grads(self):

@@ -51,8 +51,9 @@ class Parameter:
     dtype('float32')
     """
 
-    # _fast: (grad view, shape, dtype, kinds, has_grad memoryview, index) while the parameter is
-    # in a plain host arena (set by Arena._bind), else None: what `p.grad = g` needs, in one load
+    # _fast: (grad view, shape, dtype, memoryview of a 1-D grad view or None, has_grad
+    # memoryview, index) while the parameter is in a plain host arena (set by Arena._bind),
+    # else None: what `p.grad = g` needs, in one load
     __slots__ = ("_data", "_grad", "_arena", "_index", "_fast", "__weakref__")
 
     def __init__(self, data):
@@ -137,13 +138,22 @@ class Parameter:
     def grad(self, value):
         fast = self._fast
         if fast is not None:
-            # the common case, kept short: a host array into a plain host arena's grad view
-            # (the checks of _check_assignable, at a few attribute loads; anything else below)
+            # the common case, kept short: a host array of the parameter's shape and dtype into
+            # a plain host arena's grad view (anything else, casts included, goes below)
             if type(value) is _ndarray:
-                view, shape, dtype, kinds, has_grad, i = fast
-                vdtype = value.dtype
-                if value.shape == shape and (vdtype is dtype or vdtype.kind in kinds):
-                    view[...] = value           # cast to the arena's dtype, as np.copyto(unsafe)
+                view, shape, dtype, flat, has_grad, i = fast
+                if flat is not None:
+                    # 1-D: a memoryview's assignment checks the exact shape and the format (the
+                    # dtype) in C, in the time NumPy takes to copy alone
+                    try:
+                        flat[:] = value
+                    except (ValueError, TypeError):
+                        pass
+                    else:
+                        has_grad[i] = True
+                        return
+                elif value.dtype is dtype and value.shape == shape:
+                    view[...] = value
                     has_grad[i] = True
                     return
             elif value is None:

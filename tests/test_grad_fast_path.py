@@ -70,15 +70,30 @@ def test_shape_must_match_exactly_and_a_refusal_changes_nothing(rng):
     assert not opt.arena.has_grad.any() and not opt.arena.grad.any()
 
 
+def test_a_one_dimensional_parameter_refuses_every_other_shape(rng):
+    # 1-D parameters take the memoryview copy, which checks the shape itself
+    p = P(np.zeros(4, np.float32))
+    opt = SGD([p])
+    assert p._fast[3] is not None
+    for bad in (np.ones(3, np.float32), np.ones((1, 4), np.float32), np.ones((4, 1), np.float32),
+                np.ones(1, np.float32), np.float32(1.0) * np.ones((), np.float32),
+                np.ones(5), np.ones((2, 2), np.float32)):
+        with pytest.raises(ValueError, match=r"gradient shape .* does not match parameter "
+                                             r"shape \(4,\) \(no broadcasting\)"):
+            p.grad = bad
+    assert not opt.arena.has_grad.any() and not opt.arena.grad.any()
+
+
 @pytest.mark.parametrize("source", [np.float16, np.float32, np.float64, np.int8, np.int64,
                                     np.uint16, np.bool_, ">f8", "<f4"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_real_numeric_dtypes_are_cast_as_copyto_unsafe(dtype, source, rng):
-    p = P(np.zeros((3, 2), dtype))
+@pytest.mark.parametrize("shape", [(3, 2), (6,)], ids=["2d", "1d"])
+def test_real_numeric_dtypes_are_cast_as_copyto_unsafe(dtype, source, shape, rng):
+    p = P(np.zeros(shape, dtype))
     opt = SGD([p])
-    g = (rng.standard_normal((3, 2)) * 100).astype(source)
+    g = (rng.standard_normal(shape) * 100).astype(source)
     p.grad = g
-    expected = np.empty((3, 2), dtype)
+    expected = np.empty(shape, dtype)
     np.copyto(expected, g, casting="unsafe")
     np.testing.assert_array_equal(p.grad, expected)
     assert p.grad.dtype == dtype and opt.arena.has_grad[0]
@@ -97,11 +112,12 @@ def test_float64_to_float32_rounds_as_numpy(rng):
 @pytest.mark.parametrize("bad", [np.array([["a"] * 2] * 2), np.zeros((2, 2), "M8[s]"),
                                  np.zeros((2, 2), object), np.zeros((2, 2), "V8")])
 def test_non_numeric_dtypes_are_refused(bad):
-    p = P(np.zeros((2, 2)))
-    opt = SGD([p])
-    with pytest.raises(TypeError, match="gradient must be a real numeric array"):
-        p.grad = bad
-    assert not opt.arena.has_grad[0]
+    p, q = P(np.zeros((2, 2))), P(np.zeros(4))
+    opt = SGD([p, q])
+    for param, value in ((p, bad), (q, bad.reshape(4))):
+        with pytest.raises(TypeError, match="gradient must be a real numeric array"):
+            param.grad = value
+    assert not opt.arena.has_grad.any()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
