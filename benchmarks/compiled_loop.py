@@ -6,6 +6,9 @@ called directly in an ``@njit`` loop (the kernel's own work: the floor); and
 ``opt.step()`` from a Python loop. torch's fused Adam from Python for scale.
 The first two should differ by ~0.01 us: the compiled step adds two flag reads
 and a counter to the kernel's call, and no reference counting (numbaopt/compiled.py).
+
+``sparse_cases()``: SparseAdam on an embedding table, each step staging a batch's rows
+(``compiled.sparse_grad`` against ``p.grad = RowSparseGrad(...)``), stepping and clearing.
 """
 
 import numpy as np
@@ -13,6 +16,7 @@ from numba import njit
 
 import numbaopt
 from numbaopt import compiled, optim
+from numbaopt.sparse import RowSparseGrad
 
 from .cases import torch
 
@@ -72,4 +76,48 @@ def cases(numel=1000, tensors=10, name="Adam"):
                 topt.step()
 
         out["torch (fused) opt.step() in a Python loop"] = torch_loop
+    return out
+
+
+@njit(cache=True)
+def sparse_steps(h, rows, values, n):
+    for _ in range(n):
+        compiled.sparse_grad(h, 0, rows, values)
+        compiled.step(h)
+        compiled.zero_grad(h)
+
+
+def sparse_cases(num_rows=10_000, dim=64, batch=32):
+    """``{label: callable running STEPS steps}`` of SparseAdam, ``batch`` rows a step."""
+    rng = np.random.default_rng(0)
+    table = numbaopt.Parameter(rng.standard_normal((num_rows, dim)).astype(np.float32))
+    opt = optim.SparseAdam([table], lr=1e-4)
+    rows = rng.integers(0, num_rows, batch)
+    values = np.full((batch, dim), 1e-3, np.float32)
+    handle = opt.compiled()
+    sparse_steps(handle, rows, values, 1)
+    grad = RowSparseGrad(rows, values)
+
+    def python_loop():
+        for _ in range(STEPS):
+            table.grad = grad
+            opt.step()
+            opt.zero_grad()
+
+    out = {"sparse_grad + step in an @njit loop": lambda: sparse_steps(handle, rows, values,
+                                                                        STEPS),
+           "p.grad = RowSparseGrad + opt.step() in a Python loop": python_loop}
+    if torch is not None:
+        t = torch.tensor(table.data.copy(), requires_grad=True)
+        tgrad = torch.sparse_coo_tensor(torch.from_numpy(rows)[None], torch.from_numpy(values),
+                                        (num_rows, dim), check_invariants=False)
+        topt = torch.optim.SparseAdam([t], lr=1e-4)
+
+        def torch_loop():
+            for _ in range(STEPS):
+                t.grad = tgrad
+                topt.step()
+                topt.zero_grad()
+
+        out["torch SparseAdam: p.grad = sparse + opt.step()"] = torch_loop
     return out

@@ -408,7 +408,7 @@ def section_overhead(args):
 
 def section_compiled(args):
     """Steps from a compiled loop (numbaopt.compiled) against opt.step() and torch."""
-    from .compiled_loop import STEPS, cases
+    from .compiled_loop import STEPS, cases, sparse_cases
     print("## A step inside a compiled loop: Adam float32, 1k/10\n")
     steps = cases()
     wait_for_idle(args.wait_idle)
@@ -418,6 +418,10 @@ def section_compiled(args):
              fmt_time((median(ts) - floor) / STEPS)] for name, ts in times.items()]
     print(markdown_table(["loop", "time per step", "beyond the kernel's own work"], rows,
                          left=1))
+    print("\n## SparseAdam, a batch's rows a step: float32 10000x64, 32 rows\n")
+    times = measure(sparse_cases(), rounds=args.rounds, block_time=0.05)
+    rows = [[name, fmt_time(median(ts) / STEPS)] for name, ts in times.items()]
+    print(markdown_table(["loop", "time per step"], rows, left=1))
     print()
 
 

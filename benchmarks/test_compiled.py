@@ -2,12 +2,19 @@
 
 import pytest
 
-from .compiled_loop import cases
+from .compiled_loop import cases, sparse_cases
 
 CASES = cases()
+SPARSE = sparse_cases()
 
 
 @pytest.mark.parametrize("label", list(CASES))
 def test_compiled_loop(benchmark, label):
     benchmark.group = "Adam float32 1k/10, 1000 steps"
     benchmark(CASES[label])
+
+
+@pytest.mark.parametrize("label", list(SPARSE))
+def test_compiled_sparse_loop(benchmark, label):
+    benchmark.group = "SparseAdam float32 10000x64, 32 rows a step, 1000 steps"
+    benchmark(SPARSE[label])

@@ -23,6 +23,8 @@ edit of ``param_groups`` from Python (a scheduler's step, ``group["lr"] = x``)
 raises a flag the compiled step sees, and it re-reads the groups (through
 ``numba.objmode``, once per edit) before stepping. ``set_lr(h, g, lr)`` sets a
 group's lr from compiled code, and ``param_groups`` and ``state_dict()`` show it.
+SparseAdam's handle takes row-sparse gradients: ``sparse_grad(h, i, rows, values)`` is
+``p.grad = RowSparseGrad(rows, values)`` (``numbaopt.optim._sparse_adam_compiled``).
 
 Why a named tuple: numba's cache keys a function on its argument types, and a
 named tuple's type is its class, which is importable by name here, so a user
@@ -54,10 +56,15 @@ import numpy as np
 from numba import njit, objmode, types
 from numba.core import cgutils
 from numba.core.dispatcher import Dispatcher
-from numba.extending import lower_builtin, type_callable
+from numba.core.errors import TypingError
+from numba.extending import lower_builtin, overload, type_callable
 from numba.np.ufunc.parallel import _launch_threads
 
 from .kernels.finite import grads_finite, grads_finite_parallel
+from .sparse import LIVE as _LIVE
+from .sparse import USED_ROWS as _USED_ROWS
+from .sparse import USED_VALUES as _USED_VALUES
+from .sparse import stage_rows
 
 # A cached user function that holds a parallel kernel (a large arena's step, or the
 # threaded finiteness check) links against numba's parfors runtime: start it now, or
@@ -66,64 +73,98 @@ from .kernels.finite import grads_finite, grads_finite_parallel
 _launch_threads()
 
 __all__ = ["step", "set_lr", "get_lr", "grad", "params", "mark_grad", "zero_grad",
-           "num_params", "skipped_steps"]
+           "num_params", "skipped_steps", "sparse_grad"]
 
 # The flags table (int64), shared by the optimizer and every handle it gave out.
 DIRTY, SKIP_NONFINITE, FOUND_NONFINITE, SKIPPED, LR_WRITTEN, OWNER, PARALLEL, STEPS = range(8)
 N_FLAGS = 8
 
 _SOURCE_DIGEST = hashlib.sha256(pathlib.Path(__file__).read_bytes()).digest()
-_FIXED = ("data", "grad_buf", "has_grad", "offsets", "chunks", "hyper", "flags", "lr_col")
+# Every handle's fields; stage_count and stage_used are a sparse-gradient stage's (SparseAdam,
+# numbaopt.sparse), empty elsewhere, so that zero_grad clears either kind of gradient.
+_FIXED = ("data", "grad_buf", "has_grad", "offsets", "chunks", "hyper", "flags", "lr_col",
+          "stage_count", "stage_used")
 _PROLOGUE_ARGS = ("flags", "grad_buf", "has_grad", "chunks")
+# The fields after _FIXED of a SparseAdam handle (numbaopt.optim._sparse_adam_compiled)
+SPARSE_FIELDS = ("exp_avg", "exp_avg_sq", "steps", "groups", "row_len", "row_base", "num_rows",
+                 "ndims", "stage_start", "stage_vstart", "stage_indices", "stage_values", "slot",
+                 "table", "gsum", "coef", "generation", "threshold")
+_NO_STAGE = np.zeros(0, dtype=np.int64)
 _owners = weakref.WeakValueDictionary()      # flags[OWNER] -> optimizer
 _next_owner = [1]
-_kernels = {}                                # handle class -> its optimizer kernel
+# handle class -> its Kind; Kind: the step's kernel and rare-work function, each with the
+# handle fields it takes
+Kind = collections.namedtuple("Kind", "kernel kernel_fields prologue prologue_fields")
+_kinds = {}
 
 
 # -- the handle classes ----------------------------------------------------------------------
-def _class_name(n, kernel):
+def _class_name(prefix, kernel):
     # The name covers the kernel's version (its qualified name carries a hash of its
     # rule's sources) and this file's: step() is compiled into a user's cached function,
     # and numba's cache checks only the user's own file, so a new numbaopt must give a
     # new handle type for that function to compile again.
     digest = hashlib.sha256(f"{kernel.py_func.__module__}.{kernel.py_func.__qualname__}"
                             .encode() + _SOURCE_DIGEST).hexdigest()[:12]
-    return f"Handle{n}_{digest}"
+    return f"{prefix}_{digest}"
 
 
-def _make_class(name, n):
-    cls = collections.namedtuple(name, _FIXED + tuple(f"a{k}" for k in range(n)))
+def _make_class(name, fields):
+    cls = collections.namedtuple(name, _FIXED + tuple(fields))
     cls.__module__ = __name__
     cls.__qualname__ = name
     setattr(sys.modules[__name__], name, cls)
     return cls
 
 
+def _fields_of(name):
+    """The fields after _FIXED of the handle class called ``name``, or None."""
+    head = name.partition("_")[0]
+    if head == "SparseAdamHandle":
+        return SPARSE_FIELDS
+    if head.startswith("Handle") and head[len("Handle"):].isdigit():
+        return tuple(f"a{k}" for k in range(int(head[len("Handle"):])))
+    return None
+
+
 def __getattr__(name):
     # numba's cache index pickles handle types by reference: a later process may unpickle
     # one before any optimizer made it, so the class is rebuilt from its name
-    if name.startswith("Handle") and "_" in name:
-        head = name[len("Handle"):name.index("_")]
-        if head.isdigit():
-            return _make_class(name, int(head))
+    fields = _fields_of(name) if "_" in name else None
+    if fields is not None:
+        return _make_class(name, fields)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _handle_class(kernel, n):
-    name = _class_name(n, kernel)
-    cls = globals().get(name) or _make_class(name, n)
-    _kernels.setdefault(cls, kernel)
+def _handle_class(prefix, kind):
+    name = _class_name(prefix, kind.kernel)
+    cls = globals().get(name) or _make_class(name, _fields_of(name))
+    _kinds.setdefault(cls, kind)
     return cls
 
 
-def make_handle(optimizer):
-    """The handle of ``optimizer`` (``opt.compiled()`` calls this after syncing its groups)."""
+def _dense_parts(optimizer):
+    """What a handle of an optimizer whose step is ``optimizer._kernel(*optimizer._args)``
+    holds beyond _FIXED, and its Kind."""
     kernel, args = optimizer._kernel, optimizer._args
     if not isinstance(kernel, Dispatcher) or getattr(kernel, "targetoptions", {}).get(
             "device") is not None:
         raise NotImplementedError(
             f"{type(optimizer).__name__} cannot be stepped from compiled code: its step is "
-            "not one CPU kernel call (device='cuda', sparse or Python-driven steps)")
+            "not one CPU kernel call (device='cuda' or Python-driven steps)")
+    n = len(args)
+    fields = tuple(f"a{k}" for k in range(n))
+    kind = Kind(kernel, tuple(range(len(_FIXED), len(_FIXED) + n)), _prologue,
+                tuple(_FIXED.index(f) for f in _PROLOGUE_ARGS))
+    return f"Handle{n}", kind, dict(zip(fields, args)), {}
+
+
+def make_handle(optimizer):
+    """The handle of ``optimizer`` (``opt.compiled()`` calls this after syncing its groups).
+
+    ``optimizer._handle_parts()`` gives the class prefix, the Kind, the fields after
+    _FIXED by name, and any of _FIXED's own (stage_count, stage_used) it sets."""
+    prefix, kind, extra, fixed = optimizer._handle_parts()
     flags = optimizer._flags
     if flags[OWNER] == 0:
         flags[OWNER] = _next_owner[0]
@@ -131,11 +172,14 @@ def make_handle(optimizer):
     _owners[int(flags[OWNER])] = optimizer
     arena = optimizer.arena
     flags[PARALLEL] = arena.size >= optimizer.parallel_threshold
-    cls = _handle_class(kernel, len(args))
-    handle = cls(arena.data, arena.grad, arena.has_grad, arena.offsets, arena.chunks,
-                 optimizer._hyper, flags, optimizer._lr_column, *args)
-    optimizer._handle_args = args
-    return handle
+    cls = _handle_class(prefix, kind)
+    values = dict(data=arena.data, grad_buf=arena.grad, has_grad=arena.has_grad,
+                  offsets=arena.offsets, chunks=arena.chunks, hyper=optimizer._hyper,
+                  flags=flags, lr_col=optimizer._lr_column, stage_count=_NO_STAGE,
+                  stage_used=_NO_STAGE)
+    values.update(fixed, **extra)
+    optimizer._handle_args = tuple(extra.values())
+    return cls(**values)
 
 
 def _python_sync(owner):
@@ -145,7 +189,7 @@ def _python_sync(owner):
         return 2
     before = optimizer._handle_args
     optimizer._sync()
-    after = optimizer._args
+    after = tuple(optimizer._handle_parts()[2].values())
     if before is None or len(before) != len(after) or any(
             a is not b and (a.size or b.size)      # (unused state: fresh empty placeholders)
             for a, b in zip(before, after) if isinstance(a, np.ndarray)):
@@ -183,15 +227,24 @@ def _prologue(flags, grad_buf, has_grad, chunks):
     return True
 
 
+@njit(cache=True)
+def _sync_only(flags):
+    """The rare part of a step whose kernel checks its own gradients (SparseAdam's)."""
+    if flags[DIRTY]:
+        _sync(flags)
+    return True
+
+
 # -- what compiled code calls ------------------------------------------------------------------
 def step(h):
     """One optimization step of the handle's optimizer, as ``opt.step()``; False if skipped
     (``skip_nonfinite`` and a NaN or inf gradient)."""
-    flags = h.flags
-    if (flags[DIRTY] or flags[SKIP_NONFINITE]) and not _prologue(
-            flags, h.grad_buf, h.has_grad, h.chunks):
+    kind, flags = _kinds[type(h)], h.flags
+    if (flags[DIRTY] or flags[SKIP_NONFINITE]) and not kind.prologue(
+            *[h[k] for k in kind.prologue_fields]):
         return False
-    _kernels[type(h)](*h[len(_FIXED):])
+    if kind.kernel(*[h[k] for k in kind.kernel_fields]) is False:
+        return False
     flags[STEPS] += 1
     return True
 
@@ -206,11 +259,11 @@ def _signature(context, function, argtypes):
 @type_callable(step)
 def _type_step(context):
     def typer(h):
-        kernel = _kernels.get(getattr(h, "instance_class", None))
-        if kernel is None or h.types[_FIXED.index("flags")] != types.int64[::1]:
+        kind = _kinds.get(getattr(h, "instance_class", None))
+        if kind is None or h.types[_FIXED.index("flags")] != types.int64[::1]:
             return None
-        _signature(context, kernel, h.types[len(_FIXED):])
-        _signature(context, _prologue, (h.types[_FIXED.index(f)] for f in _PROLOGUE_ARGS))
+        _signature(context, kind.kernel, (h.types[k] for k in kind.kernel_fields))
+        _signature(context, kind.prologue, (h.types[k] for k in kind.prologue_fields))
         return types.boolean
     return typer
 
@@ -218,8 +271,8 @@ def _type_step(context):
 @lower_builtin(step, types.BaseNamedTuple)
 def _lower_step(context, builder, sig, args):
     # step(h) in the caller, from the handle's members as they are (see the module
-    # docstring): if flags[DIRTY] or flags[SKIP_NONFINITE]: ok = _prologue(...);
-    # if ok: kernel(*args); flags[STEPS] += 1.
+    # docstring): if flags[DIRTY] or flags[SKIP_NONFINITE]: ok = prologue(...);
+    # if ok: kernel(...) (ok = its result if it returns a bool); if ok: flags[STEPS] += 1.
     (handle_type,), (handle,) = sig.args, args
 
     def call(function, fields):
@@ -227,9 +280,10 @@ def _lower_step(context, builder, sig, args):
         values = [builder.extract_value(handle, k) for k in fields]
         fnty = context.typing_context.resolve_value_type(function)
         signature = _signature(context.typing_context, function, argtypes)
-        return context.get_function(fnty, signature)(builder, values)  # raises as a call does
+        result = context.get_function(fnty, signature)(builder, values)  # raises as a call does
+        return result, signature.return_type
 
-    kernel = _kernels[handle_type.instance_class]
+    kind = _kinds[handle_type.instance_class]
     flags_type = handle_type.types[_FIXED.index("flags")]
     flags = context.make_array(flags_type)(
         context, builder, builder.extract_value(handle, _FIXED.index("flags"))).data
@@ -237,16 +291,19 @@ def _lower_step(context, builder, sig, args):
     def flag(k):
         return cgutils.gep_inbounds(builder, flags, k)
 
-    zero, one = (context.get_constant(types.int64, v) for v in (0, 1))
+    zero = context.get_constant(types.int64, 0)
     ok = cgutils.alloca_once_value(builder, cgutils.true_bit)
     rare = builder.or_(builder.icmp_signed("!=", builder.load(flag(DIRTY)), zero),
                        builder.icmp_signed("!=", builder.load(flag(SKIP_NONFINITE)), zero))
     with builder.if_then(rare, likely=False):
-        builder.store(call(_prologue, [_FIXED.index(f) for f in _PROLOGUE_ARGS]), ok)
+        builder.store(call(kind.prologue, kind.prologue_fields)[0], ok)
     with builder.if_then(builder.load(ok), likely=True):
-        call(kernel, range(len(_FIXED), len(handle_type)))
+        result, returns = call(kind.kernel, kind.kernel_fields)
+        if returns == types.boolean:
+            builder.store(result, ok)
         steps = flag(STEPS)
-        builder.store(builder.add(builder.load(steps), one), steps)
+        taken = builder.zext(builder.load(ok), steps.type.pointee)
+        builder.store(builder.add(builder.load(steps), taken), steps)
     return builder.load(ok)
 
 
@@ -293,14 +350,66 @@ def mark_grad(h, i):
 @njit(cache=True)
 def zero_grad(h, set_to_none=True):
     """``opt.zero_grad(set_to_none)``: clear the has-grad flags, or zero the gradient values
-    (the flags stay, as in torch)."""
+    (the flags stay, as in torch). Of a SparseAdam handle: no sparse gradients, or empty
+    ones (torch's sparse ``zero_()``: the step still counts them)."""
+    count, used = h.stage_count, h.stage_used
     if set_to_none:
         h.has_grad[:] = False
+        if count.shape[0]:
+            count[:] = -1
+            used[_LIVE] = 0
     else:
-        h.grad_buf[:] = 0
+        if count.shape[0] == 0 or h.has_grad.any():   # (a stage's dense buffer is unused)
+            h.grad_buf[:] = 0
+        for i in range(count.shape[0]):
+            count[i] = min(count[i], 0)
+    if count.shape[0]:
+        used[_USED_ROWS] = 0
+        used[_USED_VALUES] = 0
 
 
 @njit(cache=True)
 def skipped_steps(h):
     """How many steps ``skip_nonfinite`` skipped (``opt.skipped_steps``)."""
     return h.flags[SKIPPED]
+
+
+def sparse_grad(h, i, rows, values):
+    """Stage parameter ``i``'s row-sparse gradient, from compiled code: ``p.grad =
+    RowSparseGrad(rows, values)`` (SparseAdam handles). ``rows``: 1-D integer row indices
+    (repeats are summed at the step); ``values``: their gradients, ``len(rows)`` rows of the
+    parameter in row order (shape ``(nnz, *row_shape)``, ``(nnz, row_size)`` or flat).
+    Replaces the parameter's previous sparse gradient. The handle's stage holds the rows
+    ``opt.compiled(sparse_rows=...)`` made room for; past that it raises."""
+    if "stage_indices" not in getattr(type(h), "_fields", ()):
+        raise TypeError(_NOT_SPARSE.format(type(h).__name__))
+    stage_rows(h.stage_count, h.stage_used, h.stage_start, h.stage_vstart, h.stage_indices,
+               h.stage_values, h.row_len, h.num_rows, h.ndims, h.generation, i,
+               np.asarray(rows), np.asarray(values))
+
+
+_NOT_SPARSE = ("compiled.sparse_grad takes the handle of a SparseAdam (got {}): other "
+               "optimizers take dense gradients, compiled.grad(h, i)")
+
+
+def _check_sparse_handle(h):
+    if not (isinstance(h, types.BaseNamedTuple) and "stage_indices" in getattr(h, "fields", ())):
+        raise TypingError(_NOT_SPARSE.format(h))
+
+
+@overload(sparse_grad)
+def _sparse_grad(h, i, rows, values):
+    _check_sparse_handle(h)
+    if not (isinstance(rows, types.Array) and rows.ndim == 1 and isinstance(rows.dtype,
+                                                                            types.Integer)):
+        raise TypingError(f"compiled.sparse_grad: rows must be a 1-D integer array, got {rows}")
+    if not (isinstance(values, types.Array) and isinstance(values.dtype, (types.Float,
+                                                                           types.Integer))):
+        raise TypingError("compiled.sparse_grad: values must be a real numeric array, got "
+                          f"{values}")
+
+    def impl(h, i, rows, values):
+        stage_rows(h.stage_count, h.stage_used, h.stage_start, h.stage_vstart,
+                   h.stage_indices, h.stage_values, h.row_len, h.num_rows, h.ndims,
+                   h.generation, i, rows, values)
+    return impl

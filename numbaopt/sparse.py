@@ -15,8 +15,13 @@ assigning and stepping allocate nothing.
 """
 
 import numpy as np
+from numba import njit
 
 __all__ = ["RowSparseGrad", "SparseGradStage"]
+
+# SparseGradStage.used: its counters, in an array that compiled code (numbaopt.compiled's
+# SparseAdam handle) shares
+USED_ROWS, USED_VALUES, LIVE, GENERATION = range(4)
 
 
 class RowSparseGrad:
@@ -137,11 +142,18 @@ class SparseGradStage:
     def __init__(self, arena):
         self.indices = np.zeros(0, dtype=np.int64)
         self.values = np.zeros(0, dtype=arena.dtype)
-        self.used_rows = 0
-        self.used_values = 0
-        self.live = 0            # parameters with a staged gradient
-        self.generation = 0      # bumped when a buffer is reallocated
+        # rows and values in use, parameters with a staged gradient, and a generation
+        # bumped when a buffer is reallocated
+        self.used = np.zeros(4, dtype=np.int64)
         self.bind(arena)
+
+    used_rows = property(lambda self: int(self.used[USED_ROWS]),
+                         lambda self, n: self.used.__setitem__(USED_ROWS, n))
+    used_values = property(lambda self: int(self.used[USED_VALUES]),
+                           lambda self, n: self.used.__setitem__(USED_VALUES, n))
+    live = property(lambda self: int(self.used[LIVE]),
+                    lambda self, n: self.used.__setitem__(LIVE, n))
+    generation = property(lambda self: int(self.used[GENERATION]))
 
     def bind(self, arena):
         """Follow the optimizer to a (grown) arena; parameters keep their indices and rows."""
@@ -152,6 +164,7 @@ class SparseGradStage:
         self.row_len = np.array([int(np.prod(s[1:], dtype=np.int64)) if len(s) else 0
                                  for s in self.shapes], dtype=np.int64)
         self.num_rows = np.array([s[0] if len(s) else 0 for s in self.shapes], dtype=np.int64)
+        self.ndims = np.array([len(s) for s in self.shapes], dtype=np.int64)
         count = np.full(n, -1, dtype=np.int64)
         start = np.zeros(n, dtype=np.int64)
         vstart = np.zeros(n, dtype=np.int64)
@@ -232,27 +245,90 @@ class SparseGradStage:
             indices = np.zeros(max(2 * self.indices.shape[0], need_rows, 16), dtype=np.int64)
             indices[:self.used_rows] = self.indices[:self.used_rows]
             self.indices = indices
-            self.generation += 1
+            self.used[GENERATION] += 1
         if need_values > self.values.shape[0]:
             values = np.zeros(max(2 * self.values.shape[0], need_values, 16),
                               dtype=self.arena_dtype)
             values[:self.used_values] = self.values[:self.used_values]
             self.values = values
-            self.generation += 1
+            self.used[GENERATION] += 1
 
     def _compact(self):
         """Move the live rows to the front of the buffers, in order of their position."""
-        live = np.flatnonzero(self.count >= 0)
-        live = live[np.argsort(self.start[live], kind="stable")]
-        r = v = 0
-        for i in live:
-            n = int(self.count[i])
-            length = n * int(self.row_len[i])
-            s, t = int(self.start[i]), int(self.vstart[i])
-            if s != r:
-                self.indices[r:r + n] = self.indices[s:s + n].copy()
-            if t != v:
-                self.values[v:v + length] = self.values[t:t + length].copy()
-            self.start[i], self.vstart[i] = r, v
-            r, v = r + n, v + length
-        self.used_rows, self.used_values = r, v
+        compact(self.count, self.start, self.vstart, self.row_len, self.indices, self.values,
+                self.used)
+
+
+@njit(cache=True)
+def compact(count, start, vstart, row_len, indices, values, used):
+    """Move the live rows of a stage to the front of its buffers, in order of position
+    (``SparseGradStage._compact``, and compiled code staging rows into a full stage)."""
+    live = np.flatnonzero(count >= 0)
+    live = live[np.argsort(start[live], kind="mergesort")]
+    r = v = 0
+    for i in live:
+        n = count[i]
+        length = n * row_len[i]
+        s, t = start[i], vstart[i]
+        # forward copies: a live block only ever moves towards the front
+        if s != r:
+            for k in range(n):
+                indices[r + k] = indices[s + k]
+        if t != v:
+            for k in range(length):
+                values[v + k] = values[t + k]
+        start[i], vstart[i] = r, v
+        r, v = r + n, v + length
+    used[USED_ROWS], used[USED_VALUES] = r, v
+
+
+STALE = ("the optimizer's sparse-gradient stage was reallocated since this handle was made (a "
+         "RowSparseGrad assigned from Python outgrew it): get a new one with opt.compiled()")
+
+
+@njit(cache=True)
+def stage_rows(count, used, start, vstart, indices, values, row_len, num_rows, ndims,
+               generation, i, rows, grads):
+    """Stage ``rows`` and their gradient ``grads`` (``len(rows) * row_len[i]`` values in row
+    order) as parameter ``i``'s sparse gradient: ``SparseGradStage.assign`` for compiled
+    code (``numbaopt.compiled.sparse_grad``), in buffers that cannot grow. Checks
+    everything before writing anything."""
+    if used[GENERATION] != generation:
+        raise RuntimeError(STALE)
+    if ndims[i] == 0:
+        raise ValueError("a 0-d parameter has no rows: give it a dense gradient, or keep it in "
+                         "another optimizer")
+    n = rows.shape[0]
+    length = n * row_len[i]
+    if grads.size != length:
+        raise ValueError("sparse_grad: the values must be one row of the parameter per index "
+                         "(len(rows) * row size elements, in row order)")
+    for k in range(n):
+        if rows[k] < 0 or rows[k] >= num_rows[i]:
+            raise ValueError("sparse_grad: a row index is out of range for the parameter")
+    full = used[USED_ROWS] + n > indices.shape[0] or \
+        used[USED_VALUES] + length > values.shape[0]
+    if full:
+        # compacting frees the dead rows, parameter i's own current ones included
+        live_rows = n
+        live_values = length
+        for j in range(count.shape[0]):
+            if j != i and count[j] > 0:
+                live_rows += count[j]
+                live_values += count[j] * row_len[j]
+        if live_rows > indices.shape[0] or live_values > values.shape[0]:
+            raise ValueError("sparse_grad: the handle's sparse-gradient stage is full: get a "
+                             "handle with room for more rows, opt.compiled(sparse_rows=...)")
+    if count[i] < 0:
+        used[LIVE] += 1
+    count[i] = -1                  # the old rows of i are dead before any compaction
+    if full:
+        compact(count, start, vstart, row_len, indices, values, used)
+    r, v = used[USED_ROWS], used[USED_VALUES]
+    for k in range(n):
+        indices[r + k] = rows[k]
+    flat = grads.ravel()
+    for k in range(length):
+        values[v + k] = flat[k]
+    start[i], vstart[i], count[i] = r, v, n
+    used[USED_ROWS], used[USED_VALUES] = r + n, v + length

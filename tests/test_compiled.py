@@ -194,8 +194,6 @@ def test_optimizers_without_one_compiled_kernel_are_refused_clearly():
     p = numbaopt.Parameter(np.zeros(3))
     with pytest.raises(NotImplementedError, match="cannot be stepped from compiled code"):
         optim.LBFGS([p]).compiled()
-    with pytest.raises(NotImplementedError, match="cannot be stepped from compiled code"):
-        optim.SparseAdam([numbaopt.Parameter(np.zeros(3))]).compiled()
 
 
 def test_a_cached_user_function_loads_in_a_second_process(tmp_path):
@@ -215,11 +213,22 @@ def test_a_cached_user_function_loads_in_a_second_process(tmp_path):
                     compiled.mark_grad(h, i)
                 compiled.step(h)
 
+        @njit(cache=True)
+        def train_sparse(h, n):
+            for k in range(n):
+                compiled.sparse_grad(h, 0, np.array([k % 4, 1]), np.full((2, 3), 0.5))
+                compiled.step(h)
+                compiled.zero_grad(h)
+
         params = [numbaopt.Parameter(np.ones(5)) for _ in range(3)]
         opt = optim.Adam(params, lr=0.1)
         train(opt.compiled(), 3)
+        table = numbaopt.Parameter(np.ones((4, 3)))
+        train_sparse(optim.SparseAdam([table], lr=0.1).compiled(), 3)
         print(sum(train.stats.cache_misses.values()), sum(train.stats.cache_hits.values()),
-              repr(float(params[0].data[0])))
+              repr(float(params[0].data[0])),
+              sum(train_sparse.stats.cache_misses.values()),
+              sum(train_sparse.stats.cache_hits.values()), repr(float(table.data[1, 0])))
     """))
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -229,7 +238,8 @@ def test_a_cached_user_function_loads_in_a_second_process(tmp_path):
         assert run.returncode == 0, run.stderr
     first, second = (r.stdout.split() for r in runs)
     assert first[0] == "1" and second[:2] == ["0", "1"]      # compiled once, then loaded
-    assert first[2] == second[2]
+    assert first[3] == "1" and second[3:5] == ["0", "1"]    # and a SparseAdam handle's loop
+    assert first[2] == second[2] and first[5] == second[5]
 
 
 @pytest.mark.parametrize("name", ["Adafactor", "Muon"])

@@ -178,6 +178,11 @@ class ArenaOptimizer(MixedDtypesMixin, ArenaStateMixin, Optimizer):
             self._sync()
         return compiled.make_handle(self)
 
+    def _handle_parts(self):
+        """What ``compiled.make_handle`` puts in a handle (``compiled._dense_parts``)."""
+        from .. import compiled
+        return compiled._dense_parts(self)
+
     @property
     def param_groups(self):
         if self._flags[_FLAG_LR_WRITTEN]:

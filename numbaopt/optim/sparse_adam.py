@@ -151,6 +151,30 @@ class SparseAdam(ArenaOptimizer):
             self._kernel(*self._args)
         return loss
 
+    def compiled(self, sparse_rows=None):
+        """A handle to step this optimizer from ``@njit`` code (``numbaopt.compiled``).
+
+        Compiled code stages gradients with ``compiled.sparse_grad(h, i, rows, values)``.
+        The stage cannot grow from compiled code: the handle has room for ``sparse_rows``
+        staged rows in all (duplicates count; default: every row of every parameter, up
+        to 4096, or more if the stage already holds more), and past that sparse_grad
+        raises, changing nothing.
+        """
+        from .. import compiled
+        if self.device != "cpu":
+            raise NotImplementedError(
+                "SparseAdam cannot be stepped from compiled code with device='cuda': a kernel "
+                "launch cannot be made from CPU-compiled code")
+        if self._dirty[0] or self.arena.stale is not None:
+            self._sync()
+        from . import _sparse_adam_compiled
+        _sparse_adam_compiled.reserve(self, sparse_rows)
+        return compiled.make_handle(self)
+
+    def _handle_parts(self):
+        from . import _sparse_adam_compiled
+        return _sparse_adam_compiled.handle_parts(self)
+
     def zero_grad(self, set_to_none=True):
         """Clear the gradients: to None (default), or, with ``set_to_none=False``, to
         empty sparse gradients (torch's sparse ``zero_()``: the step still counts)."""

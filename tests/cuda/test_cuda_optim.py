@@ -117,3 +117,10 @@ def test_views_expose_cuda_array_interface():
     assert p.grad.__cuda_array_interface__["data"][0] != p.data.__cuda_array_interface__["data"][0]
     opt.step()
     np.testing.assert_array_equal(p.numpy(), 0.0)
+
+
+def test_a_gpu_optimizer_has_no_compiled_handle():
+    # CPU-compiled code cannot launch a kernel, so opt.compiled() refuses with the reason
+    opt = optim.Adam([numbaopt.Parameter(np.zeros(3))], device="cuda")
+    with pytest.raises(NotImplementedError, match="device='cuda'"):
+        opt.compiled()

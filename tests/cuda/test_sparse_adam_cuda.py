@@ -97,3 +97,10 @@ def test_dense_gradients_are_refused_and_empty_ones_count():
     opt.step()
     out = p.numpy()
     assert (out[1:11] == 1).all() and (out[[0, 11]] < 1).all()
+
+
+def test_a_gpu_sparse_adam_has_no_compiled_handle():
+    # CPU-compiled code cannot launch a kernel: refused before anything is staged
+    opt = SparseAdam([numbaopt.Parameter(np.zeros((4, 2)))], device="cuda")
+    with pytest.raises(NotImplementedError, match="device='cuda'"):
+        opt.compiled()
