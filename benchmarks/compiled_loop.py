@@ -79,6 +79,37 @@ def cases(numel=1000, tensors=10, name="Adam"):
     return out
 
 
+def mixed_cases(numel=1000, tensors=10, name="Adam"):
+    """``{label: callable running STEPS steps}`` for one optimizer over float32 and float64
+    (half the tensors each): its handle steps two lanes, each a kernel call."""
+    rng = np.random.default_rng(0)
+    params = [numbaopt.Parameter(rng.standard_normal(numel // tensors).astype(
+        np.float32 if k % 2 == 0 else np.float64)) for k in range(tensors)]
+    opt = getattr(optim, name)(params, lr=1e-4)
+    opt.set_grads([np.full(p.shape, 1e-3, p.dtype) for p in params])
+    opt.step()
+    handle = opt.compiled()
+    lanes = opt._lanes
+    sizes = [len(lane._args) for lane in lanes]
+    names = [[f"a{k}_{j}" for j in range(n)] for k, n in enumerate(sizes)]
+    env = {f"kernel{k}": lane._kernel for k, lane in enumerate(lanes)}
+    flat = ", ".join(a for group in names for a in group)
+    calls = "".join(f"        kernel{k}({', '.join(group)})\n" for k, group in enumerate(names))
+    exec(f"def loop(n, {flat}):\n    for _ in range(n):\n{calls}", env)
+    loop = njit(env["loop"])
+    args = [a for lane in lanes for a in lane._args]
+    compiled_steps(handle, 1)
+    loop(1, *args)
+
+    def python_loop():
+        for _ in range(STEPS):
+            opt.step()
+
+    return {"compiled.step(h) in an @njit loop": lambda: compiled_steps(handle, STEPS),
+            "the two lanes' kernels alone in an @njit loop": lambda: loop(STEPS, *args),
+            "opt.step() in a Python loop": python_loop}
+
+
 @njit(cache=True)
 def sparse_steps(h, rows, values, n):
     for _ in range(n):

@@ -408,7 +408,7 @@ def section_overhead(args):
 
 def section_compiled(args):
     """Steps from a compiled loop (numbaopt.compiled) against opt.step() and torch."""
-    from .compiled_loop import STEPS, cases, sparse_cases
+    from .compiled_loop import STEPS, cases, mixed_cases, sparse_cases
     print("## A step inside a compiled loop: Adam float32, 1k/10\n")
     steps = cases()
     wait_for_idle(args.wait_idle)
@@ -417,6 +417,13 @@ def section_compiled(args):
     rows = [[name, fmt_time(median(ts) / STEPS),
              fmt_time((median(ts) - floor) / STEPS)] for name, ts in times.items()]
     print(markdown_table(["loop", "time per step", "beyond the kernel's own work"], rows,
+                         left=1))
+    print("\n## Over two dtypes: Adam float32 + float64, 1k/10 (5 tensors each)\n")
+    times = measure(mixed_cases(), rounds=args.rounds, block_time=0.05)
+    floor = median(times["the two lanes' kernels alone in an @njit loop"])
+    rows = [[name, fmt_time(median(ts) / STEPS),
+             fmt_time((median(ts) - floor) / STEPS)] for name, ts in times.items()]
+    print(markdown_table(["loop", "time per step", "beyond the kernels' own work"], rows,
                          left=1))
     print("\n## SparseAdam, a batch's rows a step: float32 10000x64, 32 rows\n")
     times = measure(sparse_cases(), rounds=args.rounds, block_time=0.05)

@@ -2,9 +2,10 @@
 
 import pytest
 
-from .compiled_loop import cases, sparse_cases
+from .compiled_loop import cases, mixed_cases, sparse_cases
 
 CASES = cases()
+MIXED = mixed_cases()
 SPARSE = sparse_cases()
 
 
@@ -18,3 +19,9 @@ def test_compiled_loop(benchmark, label):
 def test_compiled_sparse_loop(benchmark, label):
     benchmark.group = "SparseAdam float32 10000x64, 32 rows a step, 1000 steps"
     benchmark(SPARSE[label])
+
+
+@pytest.mark.parametrize("label", list(MIXED))
+def test_compiled_mixed_loop(benchmark, label):
+    benchmark.group = "Adam float32 + float64 1k/10, 1000 steps"
+    benchmark(MIXED[label])

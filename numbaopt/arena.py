@@ -159,7 +159,8 @@ class Arena:
             # (a memoryview cannot assign complex formats: complex goes through NumPy)
             flat = memoryview(view) if plain and view.ndim == 1 and view.dtype.kind == "f" \
                 else None
-            p._fast = (view, shape, view.dtype, flat, flags, i) if plain else None
+            kinds = "fiubc" if view.dtype.kind == "c" else "fiub"   # a real one refuses complex
+            p._fast = (view, shape, view.dtype, flat, flags, i, kinds) if plain else None
 
     @property
     def plain_grads(self):

@@ -24,7 +24,9 @@ raises a flag the compiled step sees, and it re-reads the groups (through
 ``numba.objmode``, once per edit) before stepping. ``set_lr(h, g, lr)`` sets a
 group's lr from compiled code, and ``param_groups`` and ``state_dict()`` show it.
 SparseAdam's handle takes row-sparse gradients: ``sparse_grad(h, i, rows, values)`` is
-``p.grad = RowSparseGrad(rows, values)`` (``numbaopt.optim._sparse_adam_compiled``).
+``p.grad = RowSparseGrad(rows, values)`` (``numbaopt.optim._sparse_adam_compiled``). An
+optimizer over several dtypes gives a handle of one handle per arena, ``h.lanes``
+(``numbaopt._compiled_mixed``).
 
 Why a named tuple: numba's cache keys a function on its argument types, and a
 named tuple's type is its class, which is importable by name here, so a user
@@ -56,15 +58,10 @@ import numpy as np
 from numba import njit, objmode, types
 from numba.core import cgutils
 from numba.core.dispatcher import Dispatcher
-from numba.core.errors import TypingError
-from numba.extending import lower_builtin, overload, type_callable
+from numba.extending import lower_builtin, type_callable
 from numba.np.ufunc.parallel import _launch_threads
 
 from .kernels.finite import grads_finite, grads_finite_parallel
-from .sparse import LIVE as _LIVE
-from .sparse import USED_ROWS as _USED_ROWS
-from .sparse import USED_VALUES as _USED_VALUES
-from .sparse import stage_rows
 
 # A cached user function that holds a parallel kernel (a large arena's step, or the
 # threaded finiteness check) links against numba's parfors runtime: start it now, or
@@ -130,6 +127,8 @@ def _fields_of(name):
 def __getattr__(name):
     # numba's cache index pickles handle types by reference: a later process may unpickle
     # one before any optimizer made it, so the class is rebuilt from its name
+    if name.startswith("MixedHandle_"):
+        return _compiled_mixed.make_class(name)
     fields = _fields_of(name) if "_" in name else None
     if fields is not None:
         return _make_class(name, fields)
@@ -165,11 +164,7 @@ def make_handle(optimizer):
     ``optimizer._handle_parts()`` gives the class prefix, the Kind, the fields after
     _FIXED by name, and any of _FIXED's own (stage_count, stage_used) it sets."""
     prefix, kind, extra, fixed = optimizer._handle_parts()
-    flags = optimizer._flags
-    if flags[OWNER] == 0:
-        flags[OWNER] = _next_owner[0]
-        _next_owner[0] += 1
-    _owners[int(flags[OWNER])] = optimizer
+    flags = register(optimizer)
     arena = optimizer.arena
     flags[PARALLEL] = arena.size >= optimizer.parallel_threshold
     cls = _handle_class(prefix, kind)
@@ -182,6 +177,23 @@ def make_handle(optimizer):
     return cls(**values)
 
 
+def register(optimizer):
+    """Number ``optimizer`` in its flags table, so that compiled code finds it: its flags."""
+    flags = optimizer._flags
+    if flags[OWNER] == 0:
+        flags[OWNER] = _next_owner[0]
+        _next_owner[0] += 1
+    _owners[int(flags[OWNER])] = optimizer
+    return flags
+
+
+def handle_args(optimizer):
+    """The arrays a handle of ``optimizer`` made now would hold (beyond its arena's own)."""
+    if optimizer._lanes is not None:
+        return _compiled_mixed.handle_args(optimizer)
+    return tuple(optimizer._handle_parts()[2].values())
+
+
 def _python_sync(owner):
     """Run from compiled code (objmode) when param_groups changed: 0, or 1 if the handle is stale."""
     optimizer = _owners.get(owner)
@@ -189,7 +201,7 @@ def _python_sync(owner):
         return 2
     before = optimizer._handle_args
     optimizer._sync()
-    after = tuple(optimizer._handle_parts()[2].values())
+    after = handle_args(optimizer)
     if before is None or len(before) != len(after) or any(
             a is not b and (a.size or b.size)      # (unused state: fresh empty placeholders)
             for a, b in zip(before, after) if isinstance(a, np.ndarray)):
@@ -239,6 +251,8 @@ def _sync_only(flags):
 def step(h):
     """One optimization step of the handle's optimizer, as ``opt.step()``; False if skipped
     (``skip_nonfinite`` and a NaN or inf gradient)."""
+    if type(h) in _compiled_mixed.classes:
+        return _compiled_mixed.step(h)
     kind, flags = _kinds[type(h)], h.flags
     if (flags[DIRTY] or flags[SKIP_NONFINITE]) and not kind.prologue(
             *[h[k] for k in kind.prologue_fields]):
@@ -256,41 +270,52 @@ def _signature(context, function, argtypes):
                                          tuple(argtypes), {})
 
 
+def type_step(context, h):
+    """Type ``step(h)`` of a one-arena handle (resolving its kernel's and its prologue's
+    signatures): True, or False if ``h`` is not one."""
+    kind = _kinds.get(getattr(h, "instance_class", None))
+    if kind is None or h.types[_FIXED.index("flags")] != types.int64[::1]:
+        return False
+    _signature(context, kind.kernel, (h.types[k] for k in kind.kernel_fields))
+    _signature(context, kind.prologue, (h.types[k] for k in kind.prologue_fields))
+    return True
+
+
 @type_callable(step)
 def _type_step(context):
     def typer(h):
-        kind = _kinds.get(getattr(h, "instance_class", None))
-        if kind is None or h.types[_FIXED.index("flags")] != types.int64[::1]:
-            return None
-        _signature(context, kind.kernel, (h.types[k] for k in kind.kernel_fields))
-        _signature(context, kind.prologue, (h.types[k] for k in kind.prologue_fields))
-        return types.boolean
+        if type_step(context, h) or _compiled_mixed.type_step(context, h):
+            return types.boolean
+        return None
     return typer
 
 
-@lower_builtin(step, types.BaseNamedTuple)
-def _lower_step(context, builder, sig, args):
-    # step(h) in the caller, from the handle's members as they are (see the module
-    # docstring): if flags[DIRTY] or flags[SKIP_NONFINITE]: ok = prologue(...);
-    # if ok: kernel(...) (ok = its result if it returns a bool); if ok: flags[STEPS] += 1.
-    (handle_type,), (handle,) = sig.args, args
+def call_function(context, builder, function, argtypes, values):
+    """Emit ``function(*values)``: its result and return type (it raises as a call does)."""
+    fnty = context.typing_context.resolve_value_type(function)
+    signature = _signature(context.typing_context, function, argtypes)
+    return context.get_function(fnty, signature)(builder, values), signature.return_type
 
+
+def flag_pointer(context, builder, flags_type, flags_value):
+    """``k -> &flags[k]`` of a flags table."""
+    data = context.make_array(flags_type)(context, builder, flags_value).data
+    return lambda k: cgutils.gep_inbounds(builder, data, k)
+
+
+def emit_step(context, builder, handle_type, handle):
+    """``step(h)`` of a one-arena handle, emitted in the caller from the handle's members
+    as they are (see the module docstring): if flags[DIRTY] or flags[SKIP_NONFINITE]:
+    ok = prologue(...); if ok: kernel(...) (ok = its result if it returns a bool); if ok:
+    flags[STEPS] += 1. Returns ok."""
     def call(function, fields):
-        argtypes = [handle_type.types[k] for k in fields]
-        values = [builder.extract_value(handle, k) for k in fields]
-        fnty = context.typing_context.resolve_value_type(function)
-        signature = _signature(context.typing_context, function, argtypes)
-        result = context.get_function(fnty, signature)(builder, values)  # raises as a call does
-        return result, signature.return_type
+        return call_function(context, builder, function, [handle_type.types[k] for k in fields],
+                             [builder.extract_value(handle, k) for k in fields])
 
     kind = _kinds[handle_type.instance_class]
-    flags_type = handle_type.types[_FIXED.index("flags")]
-    flags = context.make_array(flags_type)(
-        context, builder, builder.extract_value(handle, _FIXED.index("flags"))).data
-
-    def flag(k):
-        return cgutils.gep_inbounds(builder, flags, k)
-
+    index = _FIXED.index("flags")
+    flag = flag_pointer(context, builder, handle_type.types[index],
+                        builder.extract_value(handle, index))
     zero = context.get_constant(types.int64, 0)
     ok = cgutils.alloca_once_value(builder, cgutils.true_bit)
     rare = builder.or_(builder.icmp_signed("!=", builder.load(flag(DIRTY)), zero),
@@ -307,109 +332,16 @@ def _lower_step(context, builder, sig, args):
     return builder.load(ok)
 
 
-@njit(cache=True)
-def set_lr(h, g, lr):
-    """Set group ``g``'s lr from compiled code; ``param_groups`` and ``state_dict()`` see it."""
-    if not (lr >= 0.0 and lr < np.inf):
-        raise ValueError("Invalid learning rate: a compiled set_lr got a negative or "
-                         "non-finite value")
-    h.hyper[g, h.lr_col] = lr
-    h.flags[LR_WRITTEN] = 1
+@lower_builtin(step, types.BaseNamedTuple)
+def _lower_step(context, builder, sig, args):
+    (handle_type,), (handle,) = sig.args, args
+    if handle_type.instance_class in _compiled_mixed.classes:
+        return _compiled_mixed.emit_step(context, builder, handle_type, handle)
+    return emit_step(context, builder, handle_type, handle)
 
 
-@njit(cache=True)
-def get_lr(h, g):
-    """Group ``g``'s current lr."""
-    return h.hyper[g, h.lr_col]
-
-
-@njit(cache=True)
-def num_params(h):
-    """The number of parameters (arena order: group by group, as given)."""
-    return h.offsets.shape[0] - 1
-
-
-@njit(cache=True)
-def params(h, i):
-    """Parameter ``i``'s values: a flat view into the arena."""
-    return h.data[h.offsets[i]:h.offsets[i + 1]]
-
-
-@njit(cache=True)
-def grad(h, i):
-    """Parameter ``i``'s gradient buffer: a flat view into the arena (write it, then mark_grad)."""
-    return h.grad_buf[h.offsets[i]:h.offsets[i + 1]]
-
-
-@njit(cache=True)
-def mark_grad(h, i):
-    """Say that parameter ``i`` has a gradient (torch's ``p.grad is not None``)."""
-    h.has_grad[i] = True
-
-
-@njit(cache=True)
-def zero_grad(h, set_to_none=True):
-    """``opt.zero_grad(set_to_none)``: clear the has-grad flags, or zero the gradient values
-    (the flags stay, as in torch). Of a SparseAdam handle: no sparse gradients, or empty
-    ones (torch's sparse ``zero_()``: the step still counts them)."""
-    count, used = h.stage_count, h.stage_used
-    if set_to_none:
-        h.has_grad[:] = False
-        if count.shape[0]:
-            count[:] = -1
-            used[_LIVE] = 0
-    else:
-        if count.shape[0] == 0 or h.has_grad.any():   # (a stage's dense buffer is unused)
-            h.grad_buf[:] = 0
-        for i in range(count.shape[0]):
-            count[i] = min(count[i], 0)
-    if count.shape[0]:
-        used[_USED_ROWS] = 0
-        used[_USED_VALUES] = 0
-
-
-@njit(cache=True)
-def skipped_steps(h):
-    """How many steps ``skip_nonfinite`` skipped (``opt.skipped_steps``)."""
-    return h.flags[SKIPPED]
-
-
-def sparse_grad(h, i, rows, values):
-    """Stage parameter ``i``'s row-sparse gradient, from compiled code: ``p.grad =
-    RowSparseGrad(rows, values)`` (SparseAdam handles). ``rows``: 1-D integer row indices
-    (repeats are summed at the step); ``values``: their gradients, ``len(rows)`` rows of the
-    parameter in row order (shape ``(nnz, *row_shape)``, ``(nnz, row_size)`` or flat).
-    Replaces the parameter's previous sparse gradient. The handle's stage holds the rows
-    ``opt.compiled(sparse_rows=...)`` made room for; past that it raises."""
-    if "stage_indices" not in getattr(type(h), "_fields", ()):
-        raise TypeError(_NOT_SPARSE.format(type(h).__name__))
-    stage_rows(h.stage_count, h.stage_used, h.stage_start, h.stage_vstart, h.stage_indices,
-               h.stage_values, h.row_len, h.num_rows, h.ndims, h.generation, i,
-               np.asarray(rows), np.asarray(values))
-
-
-_NOT_SPARSE = ("compiled.sparse_grad takes the handle of a SparseAdam (got {}): other "
-               "optimizers take dense gradients, compiled.grad(h, i)")
-
-
-def _check_sparse_handle(h):
-    if not (isinstance(h, types.BaseNamedTuple) and "stage_indices" in getattr(h, "fields", ())):
-        raise TypingError(_NOT_SPARSE.format(h))
-
-
-@overload(sparse_grad)
-def _sparse_grad(h, i, rows, values):
-    _check_sparse_handle(h)
-    if not (isinstance(rows, types.Array) and rows.ndim == 1 and isinstance(rows.dtype,
-                                                                            types.Integer)):
-        raise TypingError(f"compiled.sparse_grad: rows must be a 1-D integer array, got {rows}")
-    if not (isinstance(values, types.Array) and isinstance(values.dtype, (types.Float,
-                                                                           types.Integer))):
-        raise TypingError("compiled.sparse_grad: values must be a real numeric array, got "
-                          f"{values}")
-
-    def impl(h, i, rows, values):
-        stage_rows(h.stage_count, h.stage_used, h.stage_start, h.stage_vstart,
-                   h.stage_indices, h.stage_values, h.row_len, h.num_rows, h.ndims,
-                   h.generation, i, rows, values)
-    return impl
+# handles over several dtypes, and the functions compiled code calls on a handle besides
+# step: last, as they import names from here
+from . import _compiled_mixed  # noqa: E402
+from ._compiled_api import (get_lr, grad, mark_grad, num_params, params,  # noqa: E402
+                            set_lr, skipped_steps, sparse_grad, zero_grad)

@@ -51,9 +51,9 @@ class Parameter:
     dtype('float32')
     """
 
-    # _fast: (grad view, shape, dtype, memoryview of a 1-D grad view or None, has_grad
-    # memoryview, index) while the parameter is in a plain host arena (set by Arena._bind),
-    # else None: what `p.grad = g` needs, in one load
+    # _fast: (grad view, shape, dtype, memoryview of a 1-D real grad view or None, has_grad
+    # memoryview, index, the dtype kinds it casts from) while the parameter is in a plain host
+    # arena (set by Arena._bind), else None: what `p.grad = g` needs, in one load
     __slots__ = ("_data", "_grad", "_arena", "_index", "_fast", "__weakref__")
 
     def __init__(self, data):
@@ -138,13 +138,15 @@ class Parameter:
     def grad(self, value):
         fast = self._fast
         if fast is not None:
-            # the common case, kept short: a host array of the parameter's shape and dtype into
-            # a plain host arena's grad view (anything else, casts included, goes below)
+            # the common case, kept short: a host array of the parameter's shape into a plain
+            # host arena's grad view, cast from a real dtype (the checks of _check_assignable,
+            # at a few attribute loads; anything else below)
             if type(value) is _ndarray:
-                view, shape, dtype, flat, has_grad, i = fast
-                if flat is not None:
-                    # 1-D: a memoryview's assignment checks the exact shape and the format (the
-                    # dtype) in C, in the time NumPy takes to copy alone
+                view, shape, dtype, flat, has_grad, i, kinds = fast
+                vdtype = value.dtype
+                if flat is not None and vdtype is dtype:
+                    # 1-D: a memoryview's assignment checks the exact shape (and format) in C,
+                    # in the time NumPy takes to copy alone (a wrong shape, rare, raises)
                     try:
                         flat[:] = value
                     except (ValueError, TypeError):
@@ -152,8 +154,8 @@ class Parameter:
                     else:
                         has_grad[i] = True
                         return
-                elif value.dtype is dtype and value.shape == shape:
-                    view[...] = value
+                if value.shape == shape and (vdtype is dtype or vdtype.kind in kinds):
+                    view[...] = value           # cast to the arena's dtype, as np.copyto(unsafe)
                     has_grad[i] = True
                     return
             elif value is None:

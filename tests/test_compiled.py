@@ -220,15 +220,31 @@ def test_a_cached_user_function_loads_in_a_second_process(tmp_path):
                 compiled.step(h)
                 compiled.zero_grad(h)
 
+        @njit(cache=True)
+        def train_mixed(h, n):
+            for k in range(n):
+                compiled.grad(h.lanes[0], 0)[:] = 0.5
+                compiled.grad(h.lanes[1], 0)[:] = 0.25
+                compiled.mark_grad(h, 0)
+                compiled.mark_grad(h, 1)
+                compiled.step(h)
+                compiled.set_lr(h, 0, compiled.get_lr(h, 0) * 0.5)
+
         params = [numbaopt.Parameter(np.ones(5)) for _ in range(3)]
         opt = optim.Adam(params, lr=0.1)
         train(opt.compiled(), 3)
         table = numbaopt.Parameter(np.ones((4, 3)))
         train_sparse(optim.SparseAdam([table], lr=0.1).compiled(), 3)
+        pair = [numbaopt.Parameter(np.ones(2, np.float32)), numbaopt.Parameter(np.ones(3))]
+        mixed = optim.Adam(pair, lr=0.1)
+        train_mixed(mixed.compiled(), 3)
         print(sum(train.stats.cache_misses.values()), sum(train.stats.cache_hits.values()),
               repr(float(params[0].data[0])),
               sum(train_sparse.stats.cache_misses.values()),
-              sum(train_sparse.stats.cache_hits.values()), repr(float(table.data[1, 0])))
+              sum(train_sparse.stats.cache_hits.values()), repr(float(table.data[1, 0])),
+              sum(train_mixed.stats.cache_misses.values()),
+              sum(train_mixed.stats.cache_hits.values()), repr(float(pair[1].data[0])),
+              repr(mixed.param_groups[0]["lr"]))
     """))
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -239,7 +255,9 @@ def test_a_cached_user_function_loads_in_a_second_process(tmp_path):
     first, second = (r.stdout.split() for r in runs)
     assert first[0] == "1" and second[:2] == ["0", "1"]      # compiled once, then loaded
     assert first[3] == "1" and second[3:5] == ["0", "1"]    # and a SparseAdam handle's loop
-    assert first[2] == second[2] and first[5] == second[5]
+    assert first[6] == "1" and second[6:8] == ["0", "1"]    # and one over two dtypes
+    assert first[2] == second[2] and first[5] == second[5] and first[8:] == second[8:]
+    assert first[9] == repr(0.1 / 8)
 
 
 @pytest.mark.parametrize("name", ["Adafactor", "Muon"])

@@ -96,6 +96,9 @@ class MixedDtypesMixin:
     def _sync_lanes(self):
         """Validate the groups (torch's messages, this optimizer's group numbers), copy
         their options into the lanes, and point the step at the lanes."""
+        from ..compiled import LR_WRITTEN
+        if self._flags[LR_WRITTEN]:    # lrs set from compiled code first (numbaopt.compiled)
+            self._pull_compiled_lr()
         live = self._push_lane_options()
         for lane in self._lanes:
             lane._skip_nonfinite = False
@@ -118,6 +121,20 @@ class MixedDtypesMixin:
                     if key not in ("params", "param_names") and not _same(mine.get(key), value):
                         mine[key] = value
         return live
+
+    def _pull_lane_lrs(self):
+        """The lrs compiled code set in the lanes (``numbaopt.compiled.set_lr`` of a handle
+        over several dtypes sets every lane's) into this optimizer's groups, unflagged."""
+        for lane in self._lanes:
+            groups = lane.param_groups           # (pulls the lane's own)
+            for k, g in enumerate(lane._lane_groups):
+                value, group = groups[k]["lr"], self._param_groups[g]
+                current = group.get("lr")
+                if isinstance(current, np.ndarray):
+                    if current is not value:
+                        current[...] = value
+                elif current != value:
+                    group._data["lr"] = value
 
     def _step_lanes(self):
         for lane in self._lanes:
@@ -212,6 +229,7 @@ class MixedDtypesMixin:
             self._packed_params.append(tuple(group["params"]))
         self._lane_by_arena = {id(lane.arena): lane for lane in self._lanes}
         self._sync_lanes()
+        self._dirty[0] = True       # a compiled handle's next step re-syncs: it is stale
 
     def _become_mixed(self):
         """Move this optimizer's arena, state and kernel into a first lane (its groups as
@@ -302,6 +320,7 @@ class MixedDtypesMixin:
         self._user_state.update(others)
         self._set_groups(new_groups)
         self._sync_lanes()
+        self._dirty[0] = True       # (as in _adopt: a compiled handle checks its buffers)
 
 
 def _lane_group(group, dtype):

@@ -170,12 +170,10 @@ class ArenaOptimizer(MixedDtypesMixin, ArenaStateMixin, Optimizer):
         ``param_groups`` reach it. Get a new one after ``add_param_group``.
         """
         from .. import compiled
-        if self._lanes is not None:
-            raise NotImplementedError(
-                f"compiled() of a {type(self).__name__} over parameters of several dtypes: a "
-                "handle steps one arena (build one optimizer per dtype for compiled code)")
         if self._dirty[0] or self.arena.stale is not None:
             self._sync()
+        if self._lanes is not None:          # several dtypes: a handle of lane handles
+            return compiled._compiled_mixed.make_handle(self)
         return compiled.make_handle(self)
 
     def _handle_parts(self):
@@ -196,6 +194,8 @@ class ArenaOptimizer(MixedDtypesMixin, ArenaStateMixin, Optimizer):
     def _pull_compiled_lr(self):
         """Copy lrs that compiled code set (``numbaopt.compiled.set_lr``) into the groups."""
         self._flags[_FLAG_LR_WRITTEN] = 0
+        if self._lanes is not None:
+            return self._pull_lane_lrs()
         col = self._lr_column
         for g, group in enumerate(self._param_groups):
             value = float(self._hyper[g, col])

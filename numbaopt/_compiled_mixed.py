@@ -1,0 +1,138 @@
+"""Handles of an optimizer over several dtypes (``numbaopt.compiled``): one lane handle per dtype.
+
+An optimizer over float32 and float64 parameters keeps one lane per dtype (an optimizer
+of one arena, ``numbaopt.optim._mixed``). Its handle is a named tuple of
+
+- ``flags``: the optimizer's own flags table (its group edits, ``skip_nonfinite``, its
+  skipped steps, lrs set from compiled code);
+- ``group_map[g, k]``: group ``g``'s index among lane ``k``'s groups, or -1;
+- ``param_lane[i]``, ``param_index[i]``: parameter ``i``'s lane and its index there;
+- ``lanes``: the lanes' own handles, in ``opt.arenas`` order.
+
+``step(h)`` is the optimizer's step: re-read edited groups (once per edit), skip the step
+in every lane when any lane has a NaN or inf gradient (``skip_nonfinite``), then each
+lane's kernel, each emitted in the caller as a one-arena step is
+(``numbaopt.compiled.emit_step``). A parameter's values and gradient have its dtype, so
+compiled code reads and writes them through its lane: ``compiled.grad(h.lanes[k], j)``.
+"""
+
+import collections
+import hashlib
+import sys
+
+import numpy as np
+from numba import literal_unroll, njit, types
+from numba.core import cgutils
+
+from . import compiled as _compiled
+from .compiled import (DIRTY, FOUND_NONFINITE, PARALLEL, SKIP_NONFINITE, SKIPPED, STEPS,
+                       _sync, call_function, flag_pointer)
+from .kernels.finite import grads_finite, grads_finite_parallel
+
+FIELDS = ("flags", "group_map", "param_lane", "param_index", "lanes")
+classes = set()
+
+
+def make_class(name):
+    """The handle class called ``name`` (importable from numbaopt.compiled, for numba's cache)."""
+    cls = collections.namedtuple(name, FIELDS)
+    cls.__module__ = _compiled.__name__
+    cls.__qualname__ = name
+    setattr(sys.modules[_compiled.__name__], name, cls)
+    classes.add(cls)
+    return cls
+
+
+def make_handle(optimizer):
+    """The handle of an optimizer over several dtypes (``opt.compiled()``, after a sync)."""
+    lanes = tuple(_compiled.make_handle(lane) for lane in optimizer._lanes)
+    # the name covers the lanes' classes, whose names cover their kernels and numbaopt
+    name = "MixedHandle_" + hashlib.sha256(
+        " ".join(type(h).__name__ for h in lanes).encode()).hexdigest()[:12]
+    cls = getattr(_compiled, name)
+    group_map = np.full((len(optimizer._param_groups), len(lanes)), -1, dtype=np.int64)
+    for k, lane in enumerate(optimizer._lanes):
+        for local, g in enumerate(lane._lane_groups):
+            group_map[g, k] = local
+    number = {id(lane.arena): k for k, lane in enumerate(optimizer._lanes)}
+    ordered = optimizer._ordered_params()
+    param_lane = np.array([number[id(p._arena)] for p in ordered], dtype=np.int64)
+    param_index = np.array([p._index for p in ordered], dtype=np.int64)
+    flags = _compiled.register(optimizer)
+    optimizer._handle_args = handle_args(optimizer)
+    return cls(flags, group_map, param_lane, param_index, lanes)
+
+
+def handle_args(optimizer):
+    """Every array the lanes' handles hold (a handle is stale once one of them changed)."""
+    out = []
+    for lane in optimizer._lanes:
+        arena = lane.arena
+        out += [arena.data, arena.grad, arena.has_grad, lane._hyper, lane._flags]
+        out += _compiled.handle_args(lane)
+    return tuple(out)
+
+
+@njit(cache=True)
+def _prologue(flags, lanes):
+    """The rare part of a step (``flags[DIRTY]`` or ``flags[SKIP_NONFINITE]``): re-read
+    edited groups, then check every lane's gradients; False: skip the step in every lane."""
+    if flags[DIRTY]:
+        _sync(flags)
+    if flags[SKIP_NONFINITE]:
+        ok = True
+        for lane in literal_unroll(lanes):
+            if ok:
+                if lane.flags[PARALLEL]:
+                    ok = grads_finite_parallel(lane.grad_buf, lane.has_grad, lane.chunks)
+                else:
+                    ok = grads_finite(lane.grad_buf, lane.has_grad, lane.chunks)
+        flags[FOUND_NONFINITE] = 0 if ok else 1
+        if not ok:
+            flags[SKIPPED] += 1
+            return False
+    return True
+
+
+def step(h):
+    """``compiled.step(h)`` called from Python."""
+    flags = h.flags
+    if (flags[DIRTY] or flags[SKIP_NONFINITE]) and not _prologue(flags, h.lanes):
+        return False
+    for lane in h.lanes:
+        _compiled.step(lane)
+    flags[STEPS] += 1
+    return True
+
+
+def type_step(context, h):
+    """Type ``step(h)`` of a handle over several dtypes: True, or False if ``h`` is not one."""
+    if getattr(h, "instance_class", None) not in classes:
+        return False
+    lanes = h.types[FIELDS.index("lanes")]
+    if not all(_compiled.type_step(context, lane) for lane in lanes):
+        return False
+    _compiled._signature(context, _prologue, (h.types[FIELDS.index("flags")], lanes))
+    return True
+
+
+def emit_step(context, builder, handle_type, handle):
+    """``step(h)`` emitted in the caller: if flags[DIRTY] or flags[SKIP_NONFINITE]: ok =
+    _prologue(flags, lanes); if ok: each lane's step; flags[STEPS] += 1. Returns ok."""
+    f, n = FIELDS.index("flags"), FIELDS.index("lanes")
+    flags_type, lanes_type = handle_type.types[f], handle_type.types[n]
+    flags, lanes = builder.extract_value(handle, f), builder.extract_value(handle, n)
+    flag = flag_pointer(context, builder, flags_type, flags)
+    zero, one = (context.get_constant(types.int64, v) for v in (0, 1))
+    ok = cgutils.alloca_once_value(builder, cgutils.true_bit)
+    rare = builder.or_(builder.icmp_signed("!=", builder.load(flag(DIRTY)), zero),
+                       builder.icmp_signed("!=", builder.load(flag(SKIP_NONFINITE)), zero))
+    with builder.if_then(rare, likely=False):
+        builder.store(call_function(context, builder, _prologue, [flags_type, lanes_type],
+                                    [flags, lanes])[0], ok)
+    with builder.if_then(builder.load(ok), likely=True):
+        for k, lane_type in enumerate(lanes_type):
+            _compiled.emit_step(context, builder, lane_type, builder.extract_value(lanes, k))
+        steps = flag(STEPS)
+        builder.store(builder.add(builder.load(steps), one), steps)
+    return builder.load(ok)
