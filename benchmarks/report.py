@@ -412,19 +412,18 @@ def section_compiled(args):
     print("## A step inside a compiled loop: Adam float32, 1k/10\n")
     steps = cases()
     wait_for_idle(args.wait_idle)
-    times = measure(steps, rounds=args.rounds, block_time=0.05)
-    floor = median(times["the kernel alone in an @njit loop"])
-    rows = [[name, fmt_time(median(ts) / STEPS),
-             fmt_time((median(ts) - floor) / STEPS)] for name, ts in times.items()]
-    print(markdown_table(["loop", "time per step", "beyond the kernel's own work"], rows,
-                         left=1))
+
+    def beyond(steps, floor_label, header):
+        times = measure(steps, rounds=args.rounds, block_time=0.05)
+        floor = median(times[floor_label])
+        rows = [[name, fmt_time(median(ts) / STEPS),
+                 fmt_time((median(ts) - floor) / STEPS)] for name, ts in times.items()]
+        print(markdown_table(["loop", "time per step", header], rows, left=1))
+
+    beyond(steps, "the kernel alone in an @njit loop", "beyond the kernel's own work")
     print("\n## Over two dtypes: Adam float32 + float64, 1k/10 (5 tensors each)\n")
-    times = measure(mixed_cases(), rounds=args.rounds, block_time=0.05)
-    floor = median(times["the two lanes' kernels alone in an @njit loop"])
-    rows = [[name, fmt_time(median(ts) / STEPS),
-             fmt_time((median(ts) - floor) / STEPS)] for name, ts in times.items()]
-    print(markdown_table(["loop", "time per step", "beyond the kernels' own work"], rows,
-                         left=1))
+    beyond(mixed_cases(), "the two lanes' kernels alone in an @njit loop",
+           "beyond the kernels' own work")
     print("\n## SparseAdam, a batch's rows a step: float32 10000x64, 32 rows\n")
     times = measure(sparse_cases(), rounds=args.rounds, block_time=0.05)
     rows = [[name, fmt_time(median(ts) / STEPS)] for name, ts in times.items()]

@@ -25,8 +25,9 @@ from numba import literal_unroll, njit, types
 from numba.core import cgutils
 
 from . import compiled as _compiled
-from .compiled import (DIRTY, FOUND_NONFINITE, PARALLEL, SKIP_NONFINITE, SKIPPED, STEPS,
-                       _sync, call_function, flag_pointer)
+from .compiled import (DIRTY, FOUND_NONFINITE, HOOKS, PARALLEL, SKIP_NONFINITE, SKIPPED,
+                       STEPS, _run_hooks, _sync, call_function, emit_post_hooks, flag_pointer,
+                       rare_flags)
 from .kernels.finite import grads_finite, grads_finite_parallel
 
 FIELDS = ("flags", "group_map", "param_lane", "param_index", "lanes")
@@ -75,8 +76,11 @@ def handle_args(optimizer):
 
 @njit(cache=True)
 def _prologue(flags, lanes):
-    """The rare part of a step (``flags[DIRTY]`` or ``flags[SKIP_NONFINITE]``): re-read
-    edited groups, then check every lane's gradients; False: skip the step in every lane."""
+    """The rare part of a step (``flags[DIRTY]``, ``[SKIP_NONFINITE]`` or ``[HOOKS]``): the
+    step pre-hooks, re-read edited groups, then check every lane's gradients; False: skip
+    the step in every lane."""
+    if flags[HOOKS]:
+        _run_hooks(flags, False)
     if flags[DIRTY]:
         _sync(flags)
     if flags[SKIP_NONFINITE]:
@@ -97,12 +101,15 @@ def _prologue(flags, lanes):
 def step(h):
     """``compiled.step(h)`` called from Python."""
     flags = h.flags
-    if (flags[DIRTY] or flags[SKIP_NONFINITE]) and not _prologue(flags, h.lanes):
-        return False
-    for lane in h.lanes:
-        _compiled.step(lane)
-    flags[STEPS] += 1
-    return True
+    ok = not (flags[DIRTY] or flags[SKIP_NONFINITE] or flags[HOOKS]) or _prologue(flags,
+                                                                                 h.lanes)
+    if ok:
+        for lane in h.lanes:
+            _compiled.step(lane)
+        flags[STEPS] += 1
+    if flags[HOOKS]:
+        _run_hooks(flags, True)
+    return ok
 
 
 def type_step(context, h):
@@ -112,27 +119,30 @@ def type_step(context, h):
     lanes = h.types[FIELDS.index("lanes")]
     if not all(_compiled.type_step(context, lane) for lane in lanes):
         return False
-    _compiled._signature(context, _prologue, (h.types[FIELDS.index("flags")], lanes))
+    flags = h.types[FIELDS.index("flags")]
+    _compiled._signature(context, _prologue, (flags, lanes))
+    _compiled._signature(context, _run_hooks, (flags, types.boolean))
     return True
 
 
 def emit_step(context, builder, handle_type, handle):
-    """``step(h)`` emitted in the caller: if flags[DIRTY] or flags[SKIP_NONFINITE]: ok =
-    _prologue(flags, lanes); if ok: each lane's step; flags[STEPS] += 1. Returns ok."""
+    """``step(h)`` emitted in the caller: if flags[DIRTY], [SKIP_NONFINITE] or [HOOKS]: ok =
+    _prologue(flags, lanes); if ok: each lane's step (no hooks: a lane has none);
+    flags[STEPS] += 1; if flags[HOOKS]: the post-hooks. Returns ok."""
     f, n = FIELDS.index("flags"), FIELDS.index("lanes")
     flags_type, lanes_type = handle_type.types[f], handle_type.types[n]
     flags, lanes = builder.extract_value(handle, f), builder.extract_value(handle, n)
     flag = flag_pointer(context, builder, flags_type, flags)
     zero, one = (context.get_constant(types.int64, v) for v in (0, 1))
     ok = cgutils.alloca_once_value(builder, cgutils.true_bit)
-    rare = builder.or_(builder.icmp_signed("!=", builder.load(flag(DIRTY)), zero),
-                       builder.icmp_signed("!=", builder.load(flag(SKIP_NONFINITE)), zero))
-    with builder.if_then(rare, likely=False):
+    with builder.if_then(rare_flags(builder, flag, zero), likely=False):
         builder.store(call_function(context, builder, _prologue, [flags_type, lanes_type],
                                     [flags, lanes])[0], ok)
     with builder.if_then(builder.load(ok), likely=True):
         for k, lane_type in enumerate(lanes_type):
-            _compiled.emit_step(context, builder, lane_type, builder.extract_value(lanes, k))
+            _compiled.emit_step(context, builder, lane_type, builder.extract_value(lanes, k),
+                                hooks=False)
         steps = flag(STEPS)
         builder.store(builder.add(builder.load(steps), one), steps)
+    emit_post_hooks(context, builder, flags_type, flags, flag, zero)
     return builder.load(ok)

@@ -72,9 +72,11 @@ _launch_threads()
 __all__ = ["step", "set_lr", "get_lr", "grad", "params", "mark_grad", "zero_grad",
            "num_params", "skipped_steps", "sparse_grad"]
 
-# The flags table (int64), shared by the optimizer and every handle it gave out.
-DIRTY, SKIP_NONFINITE, FOUND_NONFINITE, SKIPPED, LR_WRITTEN, OWNER, PARALLEL, STEPS = range(8)
-N_FLAGS = 8
+# The flags table (int64), shared by the optimizer and every handle it gave out. HOOKS:
+# the optimizer has step hooks (numbaopt.optim.hooks keeps it), which a step then runs.
+(DIRTY, SKIP_NONFINITE, FOUND_NONFINITE, SKIPPED, LR_WRITTEN, OWNER, PARALLEL, STEPS,
+ HOOKS) = range(9)
+N_FLAGS = 9
 
 _SOURCE_DIGEST = hashlib.sha256(pathlib.Path(__file__).read_bytes()).digest()
 # Every handle's fields; stage_count and stage_used are a sparse-gradient stage's (SparseAdam,
@@ -221,10 +223,39 @@ def _sync(flags):
         raise RuntimeError("the optimizer of this handle no longer exists")
 
 
+def _python_hooks(owner, post):
+    """Run from compiled code (objmode): the optimizer's step pre-hooks, or post-hooks, as
+    ``opt.step()`` runs them (with ``args=(opt,)``, ``kwargs={}``)."""
+    from .optim import hooks
+    optimizer = _owners.get(owner)
+    if optimizer is None:
+        return 2
+    args = (optimizer,)
+    if post:
+        hooks.run_post_hooks(optimizer, args, {})
+        return 0
+    new_args, new_kwargs = hooks.run_pre_hooks(optimizer, args, {}, "a step pre-hook")
+    if len(new_args) != 1 or new_args[0] is not optimizer or new_kwargs:
+        raise RuntimeError("a step pre-hook gave the step new arguments, which a step taken "
+                           "from compiled code (numbaopt.compiled.step) cannot take")
+    return 0
+
+
+@njit(cache=True)
+def _run_hooks(flags, post):
+    with objmode(status="int64"):
+        status = _python_hooks(int(flags[OWNER]), post)
+    if status == 2:
+        raise RuntimeError("the optimizer of this handle no longer exists")
+
+
 @njit(cache=True)
 def _prologue(flags, grad_buf, has_grad, chunks):
-    """The rare part of a step, run when ``flags[DIRTY]`` or ``flags[SKIP_NONFINITE]``:
-    re-read edited groups, then check the gradients; False: skip this step."""
+    """The rare part of a step, run when ``flags[DIRTY]``, ``flags[SKIP_NONFINITE]`` or
+    ``flags[HOOKS]``: the step pre-hooks, re-read edited groups, then check the gradients;
+    False: skip this step."""
+    if flags[HOOKS]:
+        _run_hooks(flags, False)
     if flags[DIRTY]:
         _sync(flags)
     if flags[SKIP_NONFINITE]:
@@ -242,6 +273,8 @@ def _prologue(flags, grad_buf, has_grad, chunks):
 @njit(cache=True)
 def _sync_only(flags):
     """The rare part of a step whose kernel checks its own gradients (SparseAdam's)."""
+    if flags[HOOKS]:
+        _run_hooks(flags, False)
     if flags[DIRTY]:
         _sync(flags)
     return True
@@ -254,13 +287,15 @@ def step(h):
     if type(h) in _compiled_mixed.classes:
         return _compiled_mixed.step(h)
     kind, flags = _kinds[type(h)], h.flags
-    if (flags[DIRTY] or flags[SKIP_NONFINITE]) and not kind.prologue(
-            *[h[k] for k in kind.prologue_fields]):
-        return False
-    if kind.kernel(*[h[k] for k in kind.kernel_fields]) is False:
-        return False
-    flags[STEPS] += 1
-    return True
+    ok = not (flags[DIRTY] or flags[SKIP_NONFINITE] or flags[HOOKS]) or kind.prologue(
+        *[h[k] for k in kind.prologue_fields])
+    if ok and kind.kernel(*[h[k] for k in kind.kernel_fields]) is not False:
+        flags[STEPS] += 1
+    else:
+        ok = False
+    if flags[HOOKS]:
+        _run_hooks(flags, True)
+    return ok
 
 
 def _signature(context, function, argtypes):
@@ -278,6 +313,7 @@ def type_step(context, h):
         return False
     _signature(context, kind.kernel, (h.types[k] for k in kind.kernel_fields))
     _signature(context, kind.prologue, (h.types[k] for k in kind.prologue_fields))
+    _signature(context, _run_hooks, (h.types[_FIXED.index("flags")], types.boolean))
     return True
 
 
@@ -303,24 +339,38 @@ def flag_pointer(context, builder, flags_type, flags_value):
     return lambda k: cgutils.gep_inbounds(builder, data, k)
 
 
-def emit_step(context, builder, handle_type, handle):
+def rare_flags(builder, flag, zero):
+    """Whether a step takes its rare path: flags[DIRTY], [SKIP_NONFINITE] or [HOOKS]."""
+    loads = [builder.icmp_signed("!=", builder.load(flag(k)), zero)
+             for k in (DIRTY, SKIP_NONFINITE, HOOKS)]
+    return builder.or_(builder.or_(loads[0], loads[1]), loads[2])
+
+
+def emit_post_hooks(context, builder, flags_type, flags, flag, zero):
+    """if flags[HOOKS]: the step post-hooks (after a step or a skipped one, as opt.step())."""
+    hooked = builder.icmp_signed("!=", builder.load(flag(HOOKS)), zero)
+    with builder.if_then(hooked, likely=False):
+        call_function(context, builder, _run_hooks, [flags_type, types.boolean],
+                      [flags, cgutils.true_bit])
+
+
+def emit_step(context, builder, handle_type, handle, hooks=True):
     """``step(h)`` of a one-arena handle, emitted in the caller from the handle's members
-    as they are (see the module docstring): if flags[DIRTY] or flags[SKIP_NONFINITE]:
+    as they are (see the module docstring): if flags[DIRTY], [SKIP_NONFINITE] or [HOOKS]:
     ok = prologue(...); if ok: kernel(...) (ok = its result if it returns a bool); if ok:
-    flags[STEPS] += 1. Returns ok."""
+    flags[STEPS] += 1; if flags[HOOKS]: the post-hooks. Returns ok. (``hooks=False``: a
+    lane's step, whose optimizer runs the hooks.)"""
     def call(function, fields):
         return call_function(context, builder, function, [handle_type.types[k] for k in fields],
                              [builder.extract_value(handle, k) for k in fields])
 
     kind = _kinds[handle_type.instance_class]
     index = _FIXED.index("flags")
-    flag = flag_pointer(context, builder, handle_type.types[index],
-                        builder.extract_value(handle, index))
+    flags_type, flags = handle_type.types[index], builder.extract_value(handle, index)
+    flag = flag_pointer(context, builder, flags_type, flags)
     zero = context.get_constant(types.int64, 0)
     ok = cgutils.alloca_once_value(builder, cgutils.true_bit)
-    rare = builder.or_(builder.icmp_signed("!=", builder.load(flag(DIRTY)), zero),
-                       builder.icmp_signed("!=", builder.load(flag(SKIP_NONFINITE)), zero))
-    with builder.if_then(rare, likely=False):
+    with builder.if_then(rare_flags(builder, flag, zero), likely=False):
         builder.store(call(kind.prologue, kind.prologue_fields)[0], ok)
     with builder.if_then(builder.load(ok), likely=True):
         result, returns = call(kind.kernel, kind.kernel_fields)
@@ -329,6 +379,8 @@ def emit_step(context, builder, handle_type, handle):
         steps = flag(STEPS)
         taken = builder.zext(builder.load(ok), steps.type.pointee)
         builder.store(builder.add(builder.load(steps), taken), steps)
+    if hooks:
+        emit_post_hooks(context, builder, flags_type, flags, flag, zero)
     return builder.load(ok)
 
 

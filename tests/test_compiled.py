@@ -161,12 +161,21 @@ def _function_ir(dispatcher, name):
     raise AssertionError(f"no function {name} in the IR")
 
 
-def test_a_compiled_step_takes_no_reference_per_step():
+def _arrays(handle):
+    return sum(_arrays(a) if isinstance(a, tuple) else isinstance(a, np.ndarray)
+               for a in handle)
+
+
+@pytest.mark.parametrize("dtypes", ["one", "two"])
+def test_a_compiled_step_takes_no_reference_per_step(dtypes):
     # What a compiled step cost beyond its kernel was reference counting: through an
     # @overload, each step took (and dropped) a reference to every array of the handle and
     # of the kernel's arguments (~60 atomic operations, ~0.5 us at Adam 1k/10). Now only
-    # the function's entry takes one per array of the handle, and the loop none.
+    # the function's entry takes one per array of the handle, and the loop none; over two
+    # dtypes too, whose handle holds one handle per dtype.
     params, opt = _make("Adam", np.float32)
+    if dtypes == "two":
+        opt.add_param_group({"params": [numbaopt.Parameter(np.ones(3))]})
     handle = opt.compiled()
 
     @njit
@@ -176,7 +185,7 @@ def test_a_compiled_step_takes_no_reference_per_step():
 
     step_loop(handle, 2)
     ir = _function_ir(step_loop, "step_loop")
-    arrays = sum(isinstance(a, np.ndarray) for a in handle)
+    arrays = _arrays(handle)
     assert ir.count("@NRT_incref(") <= arrays and ir.count("@NRT_decref(") <= arrays
 
 
@@ -281,3 +290,52 @@ def test_adafactor_and_muon_step_from_compiled_code_as_from_python(name):
     for a, b in zip(p1, p2):
         np.testing.assert_array_equal(a.data, b.data)
     assert o1.param_groups[1]["lr"] == o2.param_groups[1]["lr"]
+
+
+@njit
+def _mark_and_step(h, n):
+    for _ in range(n):
+        for i in range(compiled.num_params(h)):
+            compiled.mark_grad(h, i)
+        compiled.step(h)
+
+
+def test_step_hooks_run_around_a_compiled_step_as_around_opt_step():
+    from numbaopt.optim import hooks, register_optimizer_step_pre_hook
+    calls = []
+    params, opt = _make("Adam", np.float64, skip_nonfinite=True)
+    # (the flags table's layout, which optimizer.py and hooks.py write by number)
+    assert opt._flags.shape[0] == compiled.N_FLAGS and hooks._FLAG_HOOKS == compiled.HOOKS
+
+    def steps(o):
+        return int(o.state_dict()["state"].get(0, {"step": 0})["step"])
+
+    pre = opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(
+        ("pre", steps(o), args == (o,), kwargs)))
+    post = opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", steps(o))))
+    handle = opt.compiled()
+    _mark_and_step(handle, 2)
+    assert calls == [("pre", 0, True, {}), ("post", 1), ("pre", 1, True, {}), ("post", 2)]
+    calls.clear()
+    opt.arena.grad[0] = np.nan                   # a skipped step runs its hooks too
+    _mark_and_step(handle, 1)
+    assert calls == [("pre", 2, True, {}), ("post", 2)] and opt.skipped_steps == 1
+    opt.arena.grad[0] = 0.0
+    calls.clear()
+    pre.remove()
+    post.remove()
+    _mark_and_step(handle, 1)                    # removed: none, and no objmode call
+    assert calls == [] and handle.flags[compiled.HOOKS] == 0
+    gpre = register_optimizer_step_pre_hook(lambda o, args, kwargs: calls.append("global"))
+    try:
+        _mark_and_step(handle, 2)
+        assert calls == ["global", "global"]
+    finally:
+        gpre.remove()
+    bad = opt.register_step_pre_hook(lambda o, args, kwargs: ((o, None), {}))
+    data = opt.arena.data.copy()
+    with pytest.raises(RuntimeError, match="pre-hook gave the step new arguments"):
+        _mark_and_step(handle, 1)
+    np.testing.assert_array_equal(opt.arena.data, data)
+    bad.remove()
+    assert compiled.step(handle) is True        # (from Python: the same)

@@ -271,3 +271,13 @@ def test_the_functions_called_from_python_are_opt_step():
     _same(o1, p1, o2, p2)
     compiled.sparse_grad(h, 0, np.array([1]), np.full((1, 6), np.inf))
     assert compiled.step(h) is False and o1.skipped_steps == 1
+
+
+def test_step_hooks_run_around_a_compiled_sparse_step():
+    params, opt = _make(np.float64)
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append(
+        ("post", o.state_dict()["state"][0]["step"])))
+    _stage_and_step(opt.compiled(), 0, np.array([1]), np.ones((1, 6)))
+    assert calls == ["pre", ("post", 1)]

@@ -239,7 +239,6 @@ class MixedDtypesMixin:
         for key in [k for k in state if k.startswith("_optimizer_")]:
             del state[key]                    # hooks stay with this optimizer
         lane.__dict__.update(state)
-        lane._init_hooks()
         lane._step_lock = threading.RLock()
         lane._flags = np.zeros_like(self._flags)
         lane._dirty = DirtyFlag(lane._flags)
@@ -247,6 +246,7 @@ class MixedDtypesMixin:
         lane._param_groups = ParamGroups([_lane_group(g, self.arena.dtype)
                                           for g in self._param_groups], lane._dirty)
         lane._lane_groups = list(range(len(lane._param_groups)))
+        lane._init_hooks()                    # (a lane: its flags never ask for hooks)
         lane._user_state = {k: v for k, v in self._user_state.items() if isinstance(k, Parameter)}
         self._user_state = {k: v for k, v in self._user_state.items()
                             if not isinstance(k, Parameter)}

@@ -89,11 +89,20 @@ def track(optimizer):
     refresh(optimizer)
 
 
+# the flag in the table shared with compiled code (numbaopt.compiled.HOOKS)
+_FLAG_HOOKS = 8
+
+
 def refresh(optimizer):
-    """Set the optimizer's hook flag: its own hooks, or a global one."""
-    optimizer.__dict__["_hooks_on"] = bool(
+    """Set the optimizer's hook flag: its own hooks, or a global one; and mirror it into
+    the flags compiled code reads, whose steps then run the hooks too. (A lane of an
+    optimizer over several dtypes never runs hooks: its optimizer does, once a step.)"""
+    on = optimizer.__dict__["_hooks_on"] = bool(
         optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
         or _global_on())
+    flags = optimizer.__dict__.get("_flags")
+    if flags is not None:
+        flags[_FLAG_HOOKS] = on and "_lane_groups" not in optimizer.__dict__
 
 
 def call_with_hooks(func, args, kwargs):
@@ -104,6 +113,18 @@ def call_with_hooks(func, args, kwargs):
     run them twice.
     """
     self = args[0]
+    args, kwargs = run_pre_hooks(self, args, kwargs, func)
+    self.__dict__["_hooks_on"] = False
+    try:
+        out = func(*args, **kwargs)
+    finally:
+        refresh(self)
+    run_post_hooks(self, args, kwargs)
+    return out
+
+
+def run_pre_hooks(self, args, kwargs, func):
+    """The step pre-hooks, global first: the ``(args, kwargs)`` the step then takes."""
     for hook in itertools.chain(tuple(_global_optimizer_pre_hooks.values()),
                                 tuple(self._optimizer_step_pre_hooks.values())):
         result = hook(self, args, kwargs)
@@ -113,15 +134,14 @@ def call_with_hooks(func, args, kwargs):
             else:
                 raise RuntimeError(f"{func} must return None or a tuple of (new_args, "
                                    f"new_kwargs), but got {result}.")
-    self.__dict__["_hooks_on"] = False
-    try:
-        out = func(*args, **kwargs)
-    finally:
-        refresh(self)
+    return args, kwargs
+
+
+def run_post_hooks(self, args, kwargs):
+    """The step post-hooks, the optimizer's own first."""
     for hook in itertools.chain(tuple(self._optimizer_step_post_hooks.values()),
                                 tuple(_global_optimizer_post_hooks.values())):
         hook(self, args, kwargs)
-    return out
 
 
 def hookable(func):

@@ -77,9 +77,10 @@ class Optimizer(GroupsMixin, StateMixin):
         self.device = device
         self.defaults = {k: tuple(v) if isinstance(v, list) else v for k, v in defaults.items()}
         self._check_group(self.defaults)
-        # flags shared with compiled code (numbaopt.compiled): [0] mirrors _dirty
-        self._flags = np.zeros(8, dtype=np.int64)
+        # flags shared with compiled code (numbaopt.compiled.N_FLAGS): [0] mirrors _dirty
+        self._flags = np.zeros(9, dtype=np.int64)
         self._dirty = DirtyFlag(self._flags)
+        _hooks.refresh(self)                  # (its hook flag: a global hook may be on)
         groups = []
         for g in _split_groups(params):
             groups.append(self._checked_new_group(g, groups))
@@ -238,6 +239,10 @@ class Optimizer(GroupsMixin, StateMixin):
                 if not k.startswith("_optimizer_") and k != "_hooks_on"}
 
     def __setstate__(self, state):
+        flags = state.get("_flags")
+        if flags is not None and flags.shape[0] < 9:      # pickled before the hooks flag
+            state["_flags"] = np.concatenate([flags, np.zeros(9 - flags.shape[0], np.int64)])
+            state["_dirty"].flags = state["_flags"]
         self.__dict__.update(state)
         self._init_hooks()
 
