@@ -159,6 +159,7 @@ class DistributedOptimizer(MixedParts, ClippingCalls, CollectiveCalls, ShardedSt
             control.install_abort_hook()
             self._init_hooks()
             self._init_parts(optimizer, comm, shard, cuda_aware)
+            optimizer._wrapped_by = type(self).__name__     # (its compiled() refuses)
             return
         if optimizer.arena.stale is not None:
             raise RuntimeError(f"cannot wrap this {type(optimizer).__name__}: it can no longer "
@@ -192,6 +193,7 @@ class DistributedOptimizer(MixedParts, ClippingCalls, CollectiveCalls, ShardedSt
             self._build_local()
             self._copy_state_from_full()
             self._release_full_state()
+        optimizer._wrapped_by = type(self).__name__    # (its compiled() refuses)
 
     # -- delegation ------------------------------------------------------------------
     @property

@@ -339,3 +339,16 @@ def test_step_hooks_run_around_a_compiled_step_as_around_opt_step():
     np.testing.assert_array_equal(opt.arena.data, data)
     bad.remove()
     assert compiled.step(handle) is True        # (from Python: the same)
+
+
+@pytest.mark.parametrize("dtypes", ["one", "two"])
+def test_an_optimizer_wrapped_for_data_parallelism_has_no_handle(dtypes):
+    # its steps average gradients across ranks first, from Python: a compiled step would not
+    pytest.importorskip("mpi4py")
+    from numbaopt.distributed import DistributedOptimizer
+    params, opt = _make("Adam", np.float64)
+    if dtypes == "two":
+        opt.add_param_group({"params": [numbaopt.Parameter(np.ones(2, np.float32))]})
+    DistributedOptimizer(opt)                          # one process: a job of one rank
+    with pytest.raises(NotImplementedError, match="stepped by a DistributedOptimizer"):
+        opt.compiled()

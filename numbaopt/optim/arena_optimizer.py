@@ -170,6 +170,11 @@ class ArenaOptimizer(MixedDtypesMixin, ArenaStateMixin, Optimizer):
         ``param_groups`` reach it. Get a new one after ``add_param_group``.
         """
         from .. import compiled
+        if getattr(self, "_wrapped_by", None):
+            raise NotImplementedError(
+                f"this {type(self).__name__} is stepped by a {self._wrapped_by}, which "
+                "averages the gradients across ranks first (MPI calls, made from Python): a "
+                "step from compiled code would skip that, so it has no compiled handle")
         if self._dirty[0] or self.arena.stale is not None:
             self._sync()
         if self._lanes is not None:          # several dtypes: a handle of lane handles
