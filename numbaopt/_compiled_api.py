@@ -38,15 +38,18 @@ def _lanes_only(name):
 
 # -- one arena ------------------------------------------------------------------------------
 @njit(cache=True)
-def _check_lr(lr):
-    if not (lr >= 0.0 and lr < np.inf):
+def _check_lr(lr, low_open):
+    if not ((lr > 0.0 if low_open else lr >= 0.0) and lr < np.inf):
+        if low_open:
+            raise ValueError("Invalid learning rate: a compiled set_lr got a value that is not "
+                             "positive and finite (this optimizer needs lr > 0)")
         raise ValueError("Invalid learning rate: a compiled set_lr got a negative or "
                          "non-finite value")
 
 
 @njit(cache=True)
 def _set_lr(h, g, lr):
-    _check_lr(lr)
+    _check_lr(lr, h.lr_open)
     h.hyper[g, h.lr_col] = lr
     h.flags[LR_WRITTEN] = 1
 
@@ -84,8 +87,11 @@ def _zero_grad(h, set_to_none):
         if count.shape[0]:
             count[:] = -1
             used[LIVE] = 0
-    else:
-        if count.shape[0] == 0 or h.has_grad.any():   # (a stage's dense buffer is unused)
+    elif count.shape[0] == 0:
+        h.grad_buf[:] = 0              # Optimizer.zero_grad(False): every gradient a zero one
+        h.has_grad[:] = True
+    else:                              # SparseAdam.zero_grad(False): empty sparse gradients
+        if h.has_grad.any():           # (dense ones stay, refused; the buffer is unused else)
             h.grad_buf[:] = 0
         for i in range(count.shape[0]):
             count[i] = min(count[i], 0)
@@ -97,7 +103,8 @@ def _zero_grad(h, set_to_none):
 # -- several dtypes: the same on each lane ----------------------------------------------------
 @njit(cache=True)
 def _set_lr_lanes(h, g, lr):
-    _check_lr(lr)
+    for lane in literal_unroll(h.lanes):      # every check before any write
+        _check_lr(lr, lane.lr_open)
     lane_number = 0
     for lane in literal_unroll(h.lanes):
         k = h.group_map[g, lane_number]
@@ -177,9 +184,10 @@ def mark_grad(h, i):
 
 
 def zero_grad(h, set_to_none=True):
-    """``opt.zero_grad(set_to_none)``: clear the has-grad flags, or zero the gradient values
-    (the flags stay, as in torch). Of a SparseAdam handle: no sparse gradients, or empty
-    ones (torch's sparse ``zero_()``: the step still counts them)."""
+    """``opt.zero_grad(set_to_none)``: clear the has-grad flags, or zero the gradients (every
+    parameter then has a zero gradient, which writes into ``grad(h, i)`` fill). Of a
+    SparseAdam handle: no sparse gradients, or empty ones (torch's sparse ``zero_()``: the
+    step still counts them)."""
     _of(h, _zero_grad, _zero_grad_lanes)(h, set_to_none)
 
 
@@ -243,13 +251,19 @@ def sparse_grad(h, i, rows, values):
     ``opt.compiled(sparse_rows=...)`` made room for; past that it raises."""
     if "stage_indices" not in getattr(type(h), "_fields", ()):
         raise TypeError(_NOT_SPARSE.format(type(h).__name__))
+    rows, values = np.asarray(rows), np.asarray(values)
+    if rows.ndim != 1 or rows.dtype.kind not in "iu":
+        raise TypeError(_BAD_ROWS.format(f"{rows.dtype} array of shape {rows.shape}"))
+    if values.dtype.kind not in "fiub":
+        raise TypeError(_BAD_VALUES.format(f"{values.dtype} array"))
     stage_rows(h.stage_count, h.stage_used, h.stage_start, h.stage_vstart, h.stage_indices,
-               h.stage_values, h.row_len, h.num_rows, h.ndims, h.generation, i,
-               np.asarray(rows), np.asarray(values))
+               h.stage_values, h.row_len, h.num_rows, h.ndims, h.generation, i, rows, values)
 
 
 _NOT_SPARSE = ("compiled.sparse_grad takes the handle of a SparseAdam (got {}): other "
                "optimizers take dense gradients, compiled.grad(h, i)")
+_BAD_ROWS = "compiled.sparse_grad: rows must be a 1-D integer array, got {}"
+_BAD_VALUES = "compiled.sparse_grad: values must be a real numeric array, got {}"
 
 
 @overload(sparse_grad)
@@ -258,11 +272,10 @@ def _overload_sparse_grad(h, i, rows, values):
         raise TypingError(_NOT_SPARSE.format(h))
     if not (isinstance(rows, types.Array) and rows.ndim == 1 and isinstance(rows.dtype,
                                                                             types.Integer)):
-        raise TypingError(f"compiled.sparse_grad: rows must be a 1-D integer array, got {rows}")
-    if not (isinstance(values, types.Array) and isinstance(values.dtype, (types.Float,
-                                                                           types.Integer))):
-        raise TypingError("compiled.sparse_grad: values must be a real numeric array, got "
-                          f"{values}")
+        raise TypingError(_BAD_ROWS.format(rows))
+    if not (isinstance(values, types.Array) and isinstance(
+            values.dtype, (types.Float, types.Integer, types.Boolean))):
+        raise TypingError(_BAD_VALUES.format(values))
 
     def impl(h, i, rows, values):
         stage_rows(h.stage_count, h.stage_used, h.stage_start, h.stage_vstart,

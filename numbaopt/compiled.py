@@ -79,10 +79,11 @@ __all__ = ["step", "set_lr", "get_lr", "grad", "params", "mark_grad", "zero_grad
 N_FLAGS = 9
 
 _SOURCE_DIGEST = hashlib.sha256(pathlib.Path(__file__).read_bytes()).digest()
-# Every handle's fields; stage_count and stage_used are a sparse-gradient stage's (SparseAdam,
-# numbaopt.sparse), empty elsewhere, so that zero_grad clears either kind of gradient.
+# Every handle's fields. lr_open: the lr must be > 0 (else >= 0); stage_count and stage_used
+# are a sparse-gradient stage's (SparseAdam, numbaopt.sparse), empty elsewhere, so that
+# zero_grad clears either kind of gradient.
 _FIXED = ("data", "grad_buf", "has_grad", "offsets", "chunks", "hyper", "flags", "lr_col",
-          "stage_count", "stage_used")
+          "lr_open", "stage_count", "stage_used")
 _PROLOGUE_ARGS = ("flags", "grad_buf", "has_grad", "chunks")
 # The fields after _FIXED of a SparseAdam handle (numbaopt.optim._sparse_adam_compiled)
 SPARSE_FIELDS = ("exp_avg", "exp_avg_sq", "steps", "groups", "row_len", "row_base", "num_rows",
@@ -172,8 +173,9 @@ def make_handle(optimizer):
     cls = _handle_class(prefix, kind)
     values = dict(data=arena.data, grad_buf=arena.grad, has_grad=arena.has_grad,
                   offsets=arena.offsets, chunks=arena.chunks, hyper=optimizer._hyper,
-                  flags=flags, lr_col=optimizer._lr_column, stage_count=_NO_STAGE,
-                  stage_used=_NO_STAGE)
+                  flags=flags, lr_col=optimizer._lr_column,
+                  lr_open=int(getattr(optimizer, "_lr_low_open", False)),
+                  stage_count=_NO_STAGE, stage_used=_NO_STAGE)
     values.update(fixed, **extra)
     optimizer._handle_args = tuple(extra.values())
     return cls(**values)
@@ -201,6 +203,9 @@ def _python_sync(owner):
     optimizer = _owners.get(owner)
     if optimizer is None:
         return 2
+    from .optim.optimizer import wrapped_by, wrapped_message
+    if optimizer in wrapped_by:
+        raise NotImplementedError(wrapped_message(optimizer, wrapped_by[optimizer]))
     before = optimizer._handle_args
     optimizer._sync()
     after = handle_args(optimizer)

@@ -59,6 +59,7 @@ from ._distributed.files import CheckpointContext
 from ._distributed.mixed import MixedCheckpoint, MixedParts
 from ._distributed.rounds import CollectiveCalls
 from ._distributed.shard import LocalStateView, ShardedState, set_options
+from .optim import optimizer as _optimizer
 from .optim.optimizer import Optimizer
 
 __all__ = ["DistributedOptimizer", "broadcast_parameters"]
@@ -159,7 +160,7 @@ class DistributedOptimizer(MixedParts, ClippingCalls, CollectiveCalls, ShardedSt
             control.install_abort_hook()
             self._init_hooks()
             self._init_parts(optimizer, comm, shard, cuda_aware)
-            optimizer._wrapped_by = type(self).__name__     # (its compiled() refuses)
+            _optimizer.mark_wrapped(optimizer, self)        # (its compiled() refuses)
             return
         if optimizer.arena.stale is not None:
             raise RuntimeError(f"cannot wrap this {type(optimizer).__name__}: it can no longer "
@@ -193,7 +194,7 @@ class DistributedOptimizer(MixedParts, ClippingCalls, CollectiveCalls, ShardedSt
             self._build_local()
             self._copy_state_from_full()
             self._release_full_state()
-        optimizer._wrapped_by = type(self).__name__    # (its compiled() refuses)
+        _optimizer.mark_wrapped(optimizer, self)       # (its compiled() refuses)
 
     # -- delegation ------------------------------------------------------------------
     @property

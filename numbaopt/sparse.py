@@ -147,6 +147,15 @@ class SparseGradStage:
         self.used = np.zeros(4, dtype=np.int64)
         self.bind(arena)
 
+    def __setstate__(self, state):
+        if "used" not in state:        # pickled before the counters became an array
+            state = dict(state)
+            state["used"] = np.array([state.pop("used_rows", 0), state.pop("used_values", 0),
+                                      state.pop("live", 0), state.pop("generation", 0)],
+                                     dtype=np.int64)
+            state["ndims"] = np.array([len(s) for s in state["shapes"]], dtype=np.int64)
+        self.__dict__.update(state)
+
     used_rows = property(lambda self: int(self.used[USED_ROWS]),
                          lambda self, n: self.used.__setitem__(USED_ROWS, n))
     used_values = property(lambda self: int(self.used[USED_VALUES]),
@@ -174,6 +183,7 @@ class SparseGradStage:
             start[:kept] = self.start[:kept]
             vstart[:kept] = self.vstart[:kept]
         self.count, self.start, self.vstart = count, start, vstart
+        self.used[GENERATION] += 1     # compiled handles of the old arrays are stale
         arena.sparse_grads = self
         arena.plain_grads = False
 

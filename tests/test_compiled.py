@@ -352,3 +352,74 @@ def test_an_optimizer_wrapped_for_data_parallelism_has_no_handle(dtypes):
     DistributedOptimizer(opt)                          # one process: a job of one rank
     with pytest.raises(NotImplementedError, match="stepped by a DistributedOptimizer"):
         opt.compiled()
+
+
+@njit
+def _set_lr_in(h, g, lr):
+    compiled.set_lr(h, g, lr)
+
+
+def test_a_copy_of_the_optimizer_does_not_take_over_its_handles():
+    import copy
+    calls = []
+    params, opt = _make("Adam", np.float64)
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(o is opt))
+    handle = opt.compiled()
+    twin = copy.deepcopy(opt)
+    assert twin._flags[compiled.OWNER] == 0
+    twin.compiled()
+    opt.param_groups[0]["lr"] = 1.0              # must reach the original's handle
+    ref_params, ref = _make("Adam", np.float64)
+    ref.param_groups[0]["lr"] = 1.0
+    for o, ps in ((opt, params), (ref, ref_params)):
+        ps[0].grad = np.ones(ps[0].shape)
+    compiled.step(handle)
+    ref.step()
+    assert calls == [True]
+    np.testing.assert_array_equal(params[0].data, ref_params[0].data)
+
+
+def test_zero_grad_keeping_zeros_then_writes_are_stepped_as_from_python():
+    p1, o1 = _make("SGD", np.float64)
+    p2, o2 = _make("SGD", np.float64)
+
+    @njit
+    def accumulate(h):
+        compiled.zero_grad(h, False)         # every parameter then has a zero gradient
+        for i in range(compiled.num_params(h)):
+            compiled.grad(h, i)[:] += 1.0
+        compiled.step(h)
+
+    accumulate(o1.compiled())
+    o2.zero_grad(set_to_none=False)
+    o2.arena.grad[:] += 1.0
+    o2.step()
+    assert o1.arena.has_grad.all()
+    np.testing.assert_array_equal(o1.arena.data, o2.arena.data)
+
+
+def test_a_compiled_set_lr_keeps_an_unsynced_python_edit_of_another_group():
+    params, opt = _make("SGD", np.float64)
+    handle = opt.compiled()
+    opt.param_groups[0]["lr"] = 0.5               # not synced yet
+    _set_lr_in(handle, 1, 0.25)
+    assert opt.state_dict()["param_groups"][1]["lr"] == 0.25    # (without param_groups)
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.25]
+    before = opt.arena.data.copy()
+    opt.set_grads([np.ones(p.shape) for p in params])
+    compiled.step(handle)
+    np.testing.assert_array_equal(opt.arena.data[:7], before[:7] - 0.5)
+    np.testing.assert_array_equal(opt.arena.data[7:], before[7:] - 0.25)
+
+
+def test_wrapping_for_data_parallelism_makes_a_handle_stale():
+    pytest.importorskip("mpi4py")
+    import copy
+
+    from numbaopt.distributed import DistributedOptimizer
+    params, opt = _make("Adam", np.float64)
+    handle = opt.compiled()
+    DistributedOptimizer(opt)
+    with pytest.raises(NotImplementedError, match="stepped by a DistributedOptimizer"):
+        _mark_and_step(handle, 1)
+    copy.deepcopy(opt).compiled()                # a copy is not wrapped

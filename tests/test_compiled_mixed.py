@@ -220,3 +220,21 @@ def test_step_hooks_run_once_a_step_not_once_a_lane():
         assert all(lane._flags[compiled.HOOKS] == 0 for lane in opt._lanes)
     finally:
         glob.remove()
+
+
+def test_a_compiled_set_lr_keeps_an_unsynced_python_edit_of_another_group():
+    params, opt = _make("SGD")
+    handle = opt.compiled()
+    opt.param_groups[0]["lr"] = 0.5               # not synced yet
+
+    @njit
+    def set_it(h):
+        compiled.set_lr(h, 1, 0.25)
+
+    set_it(handle)
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.25]
+    before = [p.data.copy() for p in params]
+    opt.set_grads([np.ones(p.shape, p.dtype) for p in params])
+    compiled.step(handle)
+    for k, (p, b) in enumerate(zip(params, before)):
+        np.testing.assert_array_equal(p.data, b - (0.5 if k < 2 else 0.25))

@@ -281,3 +281,51 @@ def test_step_hooks_run_around_a_compiled_sparse_step():
         ("post", o.state_dict()["state"][0]["step"])))
     _stage_and_step(opt.compiled(), 0, np.array([1]), np.ones((1, 6)))
     assert calls == ["pre", ("post", 1)]
+
+
+def test_a_handle_is_stale_after_add_param_group():
+    params, opt = _make(np.float64)
+    h = opt.compiled()
+    opt.add_param_group({"params": [numbaopt.Parameter(np.zeros((3, 2)))]})
+    with pytest.raises(RuntimeError, match="get a new one with opt.compiled"):
+        _stage(h, 0, np.array([1]), np.ones((1, 6)))
+    assert params[0].grad is None
+    _stage(opt.compiled(), 4, np.array([2]), np.ones((1, 2)))
+    np.testing.assert_array_equal(opt.param_groups[2]["params"][0].grad.indices, [2])
+
+
+def test_sparse_grad_from_python_checks_the_rows_and_values():
+    params, opt = _make(np.float64)
+    h = opt.compiled()
+    with pytest.raises(TypeError, match="rows must be a 1-D integer array"):
+        compiled.sparse_grad(h, 0, np.array([0.9, 1.7]), np.ones((2, 6)))
+    with pytest.raises(TypeError, match="values must be a real numeric array"):
+        compiled.sparse_grad(h, 0, np.array([1]), np.ones((1, 6), complex))
+    assert params[0].grad is None
+
+
+def test_a_compiled_set_lr_keeps_sparse_adams_bound():
+    params, opt = _make(np.float64)
+
+    @njit
+    def set_lr(h, lr):
+        compiled.set_lr(h, 0, lr)
+
+    with pytest.raises(ValueError, match="needs lr > 0"):
+        set_lr(opt.compiled(), 0.0)
+    assert opt.param_groups[0]["lr"] == 0.01
+
+
+def test_a_stage_pickled_before_its_counters_were_an_array_loads():
+    from numbaopt.sparse import SparseGradStage
+    params, opt = _make(np.float64)
+    params[0].grad = RowSparseGrad([1, 2], np.ones((2, 6)))
+    state = dict(opt._stage.__dict__)
+    used = state.pop("used")
+    del state["ndims"]
+    state.update(used_rows=int(used[0]), used_values=int(used[1]), live=int(used[2]),
+                 generation=int(used[3]))
+    old = object.__new__(SparseGradStage)
+    old.__setstate__(state)
+    assert old.used_rows == 2 and old.live == 1 and old.used.tolist() == used.tolist()
+    assert old.ndims.tolist() == [len(s) for s in SHAPES]

@@ -125,10 +125,13 @@ class MixedDtypesMixin:
     def _pull_lane_lrs(self):
         """The lrs compiled code set in the lanes (``numbaopt.compiled.set_lr`` of a handle
         over several dtypes sets every lane's) into this optimizer's groups, unflagged."""
+        from ..compiled import LR_WRITTEN
         for lane in self._lanes:
-            groups = lane.param_groups           # (pulls the lane's own)
-            for k, g in enumerate(lane._lane_groups):
-                value, group = groups[k]["lr"], self._param_groups[g]
+            if not lane._flags[LR_WRITTEN]:
+                continue
+            for k in lane._pull_compiled_lr():   # the lane's groups compiled code set
+                value = lane._param_groups[k]["lr"]
+                group = self._param_groups[lane._lane_groups[k]]
                 current = group.get("lr")
                 if isinstance(current, np.ndarray):
                     if current is not value:

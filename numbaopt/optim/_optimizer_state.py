@@ -96,7 +96,7 @@ class StateMixin:
         index = {}
         start = 0
         groups = []
-        for group in self._param_groups:
+        for group in self.param_groups:      # (the property: lrs set from compiled code too)
             packed = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
             params = group.get("params", ())
             for i, p in enumerate(params, start):

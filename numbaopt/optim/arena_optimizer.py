@@ -170,11 +170,9 @@ class ArenaOptimizer(MixedDtypesMixin, ArenaStateMixin, Optimizer):
         ``param_groups`` reach it. Get a new one after ``add_param_group``.
         """
         from .. import compiled
-        if getattr(self, "_wrapped_by", None):
-            raise NotImplementedError(
-                f"this {type(self).__name__} is stepped by a {self._wrapped_by}, which "
-                "averages the gradients across ranks first (MPI calls, made from Python): a "
-                "step from compiled code would skip that, so it has no compiled handle")
+        wrapper = _optimizer.wrapped_by.get(self)
+        if wrapper is not None:
+            raise NotImplementedError(_optimizer.wrapped_message(self, wrapper))
         if self._dirty[0] or self.arena.stale is not None:
             self._sync()
         if self._lanes is not None:          # several dtypes: a handle of lane handles
@@ -197,18 +195,31 @@ class ArenaOptimizer(MixedDtypesMixin, ArenaStateMixin, Optimizer):
         Optimizer.param_groups.fset(self, groups)
 
     def _pull_compiled_lr(self):
-        """Copy lrs that compiled code set (``numbaopt.compiled.set_lr``) into the groups."""
+        """Copy lrs that compiled code set (``numbaopt.compiled.set_lr``) into the groups:
+        those that differ from what Python last wrote into the table, so that an edit made
+        from Python since (not synced yet) stays. Returns the groups' indices."""
         self._flags[_FLAG_LR_WRITTEN] = 0
         if self._lanes is not None:
             return self._pull_lane_lrs()
-        col = self._lr_column
-        for g, group in enumerate(self._param_groups):
-            value = float(self._hyper[g, col])
+        column = self._hyper[:, self._lr_column]
+        synced = self._lr_synced
+        changed = [g for g in range(min(len(column), len(self._param_groups)))
+                   if synced is None or g >= len(synced) or column[g] != synced[g]]
+        for g in changed:
+            group, value = self._param_groups[g], float(column[g])
             current = group.get("lr")
             if isinstance(current, np.ndarray):
                 current[...] = value
             elif current != value:
                 group._data["lr"] = value      # the table holds it already: no re-sync
+        self._note_lrs()
+        return changed
+
+    _lr_synced = None
+
+    def _note_lrs(self):
+        """Remember the table's lrs as Python wrote them (what _pull_compiled_lr compares)."""
+        self._lr_synced = self._hyper[:, self._lr_column].copy()
 
     @property
     def _lr_column(self):
@@ -244,6 +255,7 @@ class ArenaOptimizer(MixedDtypesMixin, ArenaStateMixin, Optimizer):
         self._hyper = hyper
         self.arena.ensure_state(k for k in self._state_keys if k in needed)
         self._kernel, self._args, self._finite = self._prepare(hyper)
+        self._note_lrs()
         self._locked_steps = self.device != "cpu" or \
             self.arena.size >= getattr(self, "parallel_threshold", 0)
         self._dirty[0] = live
@@ -267,6 +279,7 @@ class ArenaOptimizer(MixedDtypesMixin, ArenaStateMixin, Optimizer):
             self._check_lr(group, i)
             values.append(float(lr))
         hyper[:, self._lr_column] = values
+        self._note_lrs()
         self._dirty[0] = False
         return True
 

@@ -9,6 +9,8 @@ state_dict in ``_optimizer_state``, option checks in ``_optimizer_checks``.
 
 from collections import OrderedDict
 
+import weakref
+
 import numpy as np
 
 from ..arena import check_no_overlap, make_arena
@@ -240,9 +242,13 @@ class Optimizer(GroupsMixin, StateMixin):
 
     def __setstate__(self, state):
         flags = state.get("_flags")
-        if flags is not None and flags.shape[0] < 9:      # pickled before the hooks flag
-            state["_flags"] = np.concatenate([flags, np.zeros(9 - flags.shape[0], np.int64)])
-            state["_dirty"].flags = state["_flags"]
+        if flags is not None:
+            if flags.shape[0] < 9:                        # pickled before the hooks flag
+                flags = np.concatenate([flags, np.zeros(9 - flags.shape[0], np.int64)])
+                state["_flags"] = state["_dirty"].flags = flags
+            # a copy is another optimizer: compiled handles of the original stay the original's
+            flags[_FLAG_OWNER] = 0
+            state["_handle_args"] = None
         self.__dict__.update(state)
         self._init_hooks()
 
@@ -256,6 +262,27 @@ class Optimizer(GroupsMixin, StateMixin):
 
     def _check_group(self, group, index=None, where="param group"):
         """Raise ``ValueError`` for an invalid group (torch's base class checks nothing)."""
+
+
+# where compiled code finds the optimizer of a flags table (numbaopt.compiled.OWNER)
+_FLAG_OWNER = 5
+
+# optimizer -> the name of the wrapper that steps it (a DistributedOptimizer, which averages
+# gradients across ranks first): it has no compiled handle, and the ones it had go stale.
+# By identity, so that a copy of the optimizer is not wrapped.
+wrapped_by = weakref.WeakKeyDictionary()
+
+
+def wrapped_message(optimizer, wrapper):
+    return (f"this {type(optimizer).__name__} is stepped by a {wrapper}, which averages the "
+            "gradients across ranks first (MPI calls, made from Python): a step from compiled "
+            "code would skip that, so it has no compiled handle")
+
+
+def mark_wrapped(optimizer, wrapper):
+    """``optimizer`` is now stepped by ``wrapper``: refuse compiled steps of it."""
+    wrapped_by[optimizer] = type(wrapper).__name__
+    optimizer._dirty[0] = True        # a handle's next step re-syncs, and refuses
 
 
 def check_grads(params, grads):
