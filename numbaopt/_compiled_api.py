@@ -51,6 +51,7 @@ def _check_lr(lr, low_open):
 def _set_lr(h, g, lr):
     _check_lr(lr, h.lr_open)
     h.hyper[g, h.lr_col] = lr
+    h.lr_mask[g] = 1
     h.flags[LR_WRITTEN] = 1
 
 

@@ -79,11 +79,12 @@ __all__ = ["step", "set_lr", "get_lr", "grad", "params", "mark_grad", "zero_grad
 N_FLAGS = 9
 
 _SOURCE_DIGEST = hashlib.sha256(pathlib.Path(__file__).read_bytes()).digest()
-# Every handle's fields. lr_open: the lr must be > 0 (else >= 0); stage_count and stage_used
+# Every handle's fields. lr_open: the lr must be > 0 (else >= 0); lr_mask[g]: set_lr set group
+# g's lr (the optimizer pulls those groups' lrs, and only those); stage_count and stage_used
 # are a sparse-gradient stage's (SparseAdam, numbaopt.sparse), empty elsewhere, so that
 # zero_grad clears either kind of gradient.
 _FIXED = ("data", "grad_buf", "has_grad", "offsets", "chunks", "hyper", "flags", "lr_col",
-          "lr_open", "stage_count", "stage_used")
+          "lr_open", "lr_mask", "stage_count", "stage_used")
 _PROLOGUE_ARGS = ("flags", "grad_buf", "has_grad", "chunks")
 # The fields after _FIXED of a SparseAdam handle (numbaopt.optim._sparse_adam_compiled)
 SPARSE_FIELDS = ("exp_avg", "exp_avg_sq", "steps", "groups", "row_len", "row_base", "num_rows",
@@ -175,19 +176,24 @@ def make_handle(optimizer):
                   offsets=arena.offsets, chunks=arena.chunks, hyper=optimizer._hyper,
                   flags=flags, lr_col=optimizer._lr_column,
                   lr_open=int(getattr(optimizer, "_lr_low_open", False)),
-                  stage_count=_NO_STAGE, stage_used=_NO_STAGE)
+                  lr_mask=optimizer._lr_mask, stage_count=_NO_STAGE, stage_used=_NO_STAGE)
     values.update(fixed, **extra)
     optimizer._handle_args = tuple(extra.values())
     return cls(**values)
 
 
 def register(optimizer):
-    """Number ``optimizer`` in its flags table, so that compiled code finds it: its flags."""
+    """Number ``optimizer`` in its flags table, so that compiled code finds it: its flags.
+    (A copy of an optimizer has a copy of its table, with the original's number: it gets
+    its own number, and the original's handles stay the original's.)"""
     flags = optimizer._flags
-    if flags[OWNER] == 0:
+    current = _owners.get(int(flags[OWNER]))
+    if flags[OWNER] == 0 or (current is not None and current is not optimizer):
         flags[OWNER] = _next_owner[0]
         _next_owner[0] += 1
     _owners[int(flags[OWNER])] = optimizer
+    from .optim import hooks
+    hooks.refresh(optimizer)            # its hooks flag, for the optimizer the table is now
     return flags
 
 

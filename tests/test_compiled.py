@@ -366,8 +366,10 @@ def test_a_copy_of_the_optimizer_does_not_take_over_its_handles():
     opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(o is opt))
     handle = opt.compiled()
     twin = copy.deepcopy(opt)
-    assert twin._flags[compiled.OWNER] == 0
     twin.compiled()
+    assert twin._flags[compiled.OWNER] != opt._flags[compiled.OWNER]
+    shallow = copy.copy(opt)                     # (shares the flags table: numbered as is)
+    assert shallow._flags[compiled.OWNER] == opt._flags[compiled.OWNER]
     opt.param_groups[0]["lr"] = 1.0              # must reach the original's handle
     ref_params, ref = _make("Adam", np.float64)
     ref.param_groups[0]["lr"] = 1.0
@@ -405,6 +407,9 @@ def test_a_compiled_set_lr_keeps_an_unsynced_python_edit_of_another_group():
     _set_lr_in(handle, 1, 0.25)
     assert opt.state_dict()["param_groups"][1]["lr"] == 0.25    # (without param_groups)
     assert [g["lr"] for g in opt.param_groups] == [0.5, 0.25]
+    opt.param_groups[1]["lr"] = 0.75              # and then a compiled write of the value
+    _set_lr_in(handle, 1, 0.25)                   # the table holds: the later write wins
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.25]
     before = opt.arena.data.copy()
     opt.set_grads([np.ones(p.shape) for p in params])
     compiled.step(handle)
@@ -419,7 +424,9 @@ def test_wrapping_for_data_parallelism_makes_a_handle_stale():
     from numbaopt.distributed import DistributedOptimizer
     params, opt = _make("Adam", np.float64)
     handle = opt.compiled()
-    DistributedOptimizer(opt)
+    dist = DistributedOptimizer(opt)
+    opt.set_grads([np.ones(p.shape) for p in params])
+    dist.step()                                  # (its sync clears the optimizer's flags)
     with pytest.raises(NotImplementedError, match="stepped by a DistributedOptimizer"):
         _mark_and_step(handle, 1)
     copy.deepcopy(opt).compiled()                # a copy is not wrapped

@@ -124,7 +124,8 @@ class MixedDtypesMixin:
 
     def _pull_lane_lrs(self):
         """The lrs compiled code set in the lanes (``numbaopt.compiled.set_lr`` of a handle
-        over several dtypes sets every lane's) into this optimizer's groups, unflagged."""
+        over several dtypes sets every lane's) into this optimizer's groups, unflagged (the
+        lanes' pulls say which groups)."""
         from ..compiled import LR_WRITTEN
         for lane in self._lanes:
             if not lane._flags[LR_WRITTEN]:
@@ -237,6 +238,9 @@ class MixedDtypesMixin:
     def _become_mixed(self):
         """Move this optimizer's arena, state and kernel into a first lane (its groups as
         copies), and take the lanes' role: a group of a new dtype is being added."""
+        from ..compiled import LR_WRITTEN
+        if self._flags[LR_WRITTEN]:        # lrs compiled code set: into the groups first
+            self._pull_compiled_lr()
         lane = object.__new__(type(self))
         state = dict(self.__dict__)
         for key in [k for k in state if k.startswith("_optimizer_")]:

@@ -195,31 +195,27 @@ class ArenaOptimizer(MixedDtypesMixin, ArenaStateMixin, Optimizer):
         Optimizer.param_groups.fset(self, groups)
 
     def _pull_compiled_lr(self):
-        """Copy lrs that compiled code set (``numbaopt.compiled.set_lr``) into the groups:
-        those that differ from what Python last wrote into the table, so that an edit made
-        from Python since (not synced yet) stays. Returns the groups' indices."""
+        """Copy the lrs compiled code set (``numbaopt.compiled.set_lr``, which marks its group
+        in ``_lr_mask``) into the groups; other groups keep what Python gave them, synced or
+        not. Returns the groups' indices."""
         self._flags[_FLAG_LR_WRITTEN] = 0
         if self._lanes is not None:
             return self._pull_lane_lrs()
-        column = self._hyper[:, self._lr_column]
-        synced = self._lr_synced
-        changed = [g for g in range(min(len(column), len(self._param_groups)))
-                   if synced is None or g >= len(synced) or column[g] != synced[g]]
+        mask = self._lr_mask
+        changed = [int(g) for g in np.flatnonzero(mask[:len(self._param_groups)])]
+        mask[:] = 0
+        col = self._lr_column
         for g in changed:
-            group, value = self._param_groups[g], float(column[g])
+            group, value = self._param_groups[g], float(self._hyper[g, col])
             current = group.get("lr")
             if isinstance(current, np.ndarray):
                 current[...] = value
             elif current != value:
                 group._data["lr"] = value      # the table holds it already: no re-sync
-        self._note_lrs()
         return changed
 
-    _lr_synced = None
-
-    def _note_lrs(self):
-        """Remember the table's lrs as Python wrote them (what _pull_compiled_lr compares)."""
-        self._lr_synced = self._hyper[:, self._lr_column].copy()
+    #: one flag per group: compiled code set its lr (a handle's lr_mask)
+    _lr_mask = np.zeros(0, dtype=np.int64)
 
     @property
     def _lr_column(self):
@@ -255,7 +251,8 @@ class ArenaOptimizer(MixedDtypesMixin, ArenaStateMixin, Optimizer):
         self._hyper = hyper
         self.arena.ensure_state(k for k in self._state_keys if k in needed)
         self._kernel, self._args, self._finite = self._prepare(hyper)
-        self._note_lrs()
+        if self._lr_mask.shape[0] != hyper.shape[0]:
+            self._lr_mask = np.zeros(hyper.shape[0], dtype=np.int64)
         self._locked_steps = self.device != "cpu" or \
             self.arena.size >= getattr(self, "parallel_threshold", 0)
         self._dirty[0] = live
@@ -279,7 +276,6 @@ class ArenaOptimizer(MixedDtypesMixin, ArenaStateMixin, Optimizer):
             self._check_lr(group, i)
             values.append(float(lr))
         hyper[:, self._lr_column] = values
-        self._note_lrs()
         self._dirty[0] = False
         return True
 

@@ -7,6 +7,7 @@ every live optimizer); removing the last one turns it off.
 """
 
 import itertools
+import sys
 import weakref
 from collections import OrderedDict
 
@@ -101,8 +102,18 @@ def refresh(optimizer):
         optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
         or _global_on())
     flags = optimizer.__dict__.get("_flags")
-    if flags is not None:
+    if flags is not None and _owns(optimizer, flags):
         flags[_FLAG_HOOKS] = on and "_lane_groups" not in optimizer.__dict__
+
+
+def _owns(optimizer, flags):
+    """Whether the flags table is ``optimizer``'s: not the one of another optimizer that
+    compiled handles know it by (a shallow copy shares its original's table)."""
+    compiled = sys.modules.get("numbaopt.compiled")     # (no handle exists before its import)
+    if compiled is None or flags[compiled.OWNER] == 0:
+        return True
+    current = compiled._owners.get(int(flags[compiled.OWNER]))
+    return current is None or current is optimizer
 
 
 def call_with_hooks(func, args, kwargs):

@@ -246,9 +246,7 @@ class Optimizer(GroupsMixin, StateMixin):
             if flags.shape[0] < 9:                        # pickled before the hooks flag
                 flags = np.concatenate([flags, np.zeros(9 - flags.shape[0], np.int64)])
                 state["_flags"] = state["_dirty"].flags = flags
-            # a copy is another optimizer: compiled handles of the original stay the original's
-            flags[_FLAG_OWNER] = 0
-            state["_handle_args"] = None
+            state["_handle_args"] = None     # (the copy's own handles set it)
         self.__dict__.update(state)
         self._init_hooks()
 
@@ -264,9 +262,6 @@ class Optimizer(GroupsMixin, StateMixin):
         """Raise ``ValueError`` for an invalid group (torch's base class checks nothing)."""
 
 
-# where compiled code finds the optimizer of a flags table (numbaopt.compiled.OWNER)
-_FLAG_OWNER = 5
-
 # optimizer -> the name of the wrapper that steps it (a DistributedOptimizer, which averages
 # gradients across ranks first): it has no compiled handle, and the ones it had go stale.
 # By identity, so that a copy of the optimizer is not wrapped.
@@ -280,9 +275,14 @@ def wrapped_message(optimizer, wrapper):
 
 
 def mark_wrapped(optimizer, wrapper):
-    """``optimizer`` is now stepped by ``wrapper``: refuse compiled steps of it."""
+    """``optimizer`` is now stepped by ``wrapper``: refuse compiled steps of it. Its handles
+    hold its flags table: leave that one flagged for good (their next step syncs, and
+    refuses) and keep the flags in a fresh one, as a sync clears the flag."""
     wrapped_by[optimizer] = type(wrapper).__name__
-    optimizer._dirty[0] = True        # a handle's next step re-syncs, and refuses
+    stale, optimizer._flags = optimizer._flags, optimizer._flags.copy()
+    stale[0] = 1
+    optimizer._dirty.flags = optimizer._flags
+    optimizer._handle_args = None
 
 
 def check_grads(params, grads):
