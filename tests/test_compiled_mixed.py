@@ -94,11 +94,10 @@ def _same(o1, p1, o2, p2):
             np.testing.assert_array_equal(s1["state"][i][key], s2["state"][i][key])
 
 
-@pytest.mark.parametrize("name, kwargs", [("Adam", dict(amsgrad=True)),
-                                          ("SGD", dict(momentum=0.9, nesterov=True))])
-def test_a_compiled_loop_over_two_dtypes_is_bit_for_bit_the_python_loop(name, kwargs):
-    p1, o1 = _make(name, **kwargs)
-    p2, o2 = _make(name, **kwargs)
+def test_a_compiled_loop_over_two_dtypes_is_bit_for_bit_the_python_loop():
+    # (Adam with amsgrad: the lanes' own kernels are those test_compiled.py checks one by one)
+    p1, o1 = _make("Adam", amsgrad=True)
+    p2, o2 = _make("Adam", amsgrad=True)
     g0, g1 = _arena_grads(o1)
     s1 = lr_scheduler.StepLR(o1, step_size=1, gamma=0.9)
     s2 = lr_scheduler.StepLR(o2, step_size=1, gamma=0.9)
