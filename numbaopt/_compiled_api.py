@@ -153,6 +153,9 @@ def _refuse(name):
     return refuse
 
 
+_REFUSE_PARAMS, _REFUSE_GRAD = _refuse("params"), _refuse("grad")
+
+
 # -- the public functions ---------------------------------------------------------------------
 def set_lr(h, g, lr):
     """Set group ``g``'s lr from compiled code; ``param_groups`` and ``state_dict()`` see it."""
@@ -171,12 +174,12 @@ def num_params(h):
 
 def params(h, i):
     """Parameter ``i``'s values: a flat view into the arena."""
-    return _of(h, _params, _refuse("params"))(h, i)
+    return _of(h, _params, _REFUSE_PARAMS)(h, i)
 
 
 def grad(h, i):
     """Parameter ``i``'s gradient buffer: a flat view into the arena (write it, then mark_grad)."""
-    return _of(h, _grad, _refuse("grad"))(h, i)
+    return _of(h, _grad, _REFUSE_GRAD)(h, i)
 
 
 def mark_grad(h, i):

@@ -22,13 +22,10 @@ import sys
 
 import numpy as np
 from numba import literal_unroll, njit, types
-from numba.core import cgutils
 
 from . import compiled as _compiled
-from .compiled import (DIRTY, FOUND_NONFINITE, HOOKS, PARALLEL, SKIP_NONFINITE, SKIPPED,
-                       STEPS, _run_hooks, _sync, call_function, emit_post_hooks, flag_pointer,
-                       rare_flags)
-from .kernels.finite import grads_finite, grads_finite_parallel
+from .compiled import (SKIP_NONFINITE, _run_hooks, arena_finite, before_step, call_function,
+                       emit_guarded, note_finite, run_guarded)
 
 FIELDS = ("flags", "group_map", "param_lane", "param_index", "lanes")
 classes = set()
@@ -79,37 +76,22 @@ def _prologue(flags, lanes):
     """The rare part of a step (``flags[DIRTY]``, ``[SKIP_NONFINITE]`` or ``[HOOKS]``): the
     step pre-hooks, re-read edited groups, then check every lane's gradients; False: skip
     the step in every lane."""
-    if flags[HOOKS]:
-        _run_hooks(flags, False)
-    if flags[DIRTY]:
-        _sync(flags)
+    before_step(flags)
     if flags[SKIP_NONFINITE]:
         ok = True
         for lane in literal_unroll(lanes):
             if ok:
-                if lane.flags[PARALLEL]:
-                    ok = grads_finite_parallel(lane.grad_buf, lane.has_grad, lane.chunks)
-                else:
-                    ok = grads_finite(lane.grad_buf, lane.has_grad, lane.chunks)
-        flags[FOUND_NONFINITE] = 0 if ok else 1
-        if not ok:
-            flags[SKIPPED] += 1
-            return False
+                ok = arena_finite(lane.flags, lane.grad_buf, lane.has_grad, lane.chunks)
+        return note_finite(flags, ok)
     return True
 
 
 def step(h):
     """``compiled.step(h)`` called from Python."""
-    flags = h.flags
-    ok = not (flags[DIRTY] or flags[SKIP_NONFINITE] or flags[HOOKS]) or _prologue(flags,
-                                                                                 h.lanes)
-    if ok:
+    def lanes_steps():
         for lane in h.lanes:
             _compiled.step(lane)
-        flags[STEPS] += 1
-    if flags[HOOKS]:
-        _run_hooks(flags, True)
-    return ok
+    return run_guarded(h.flags, lambda: _prologue(h.flags, h.lanes), lanes_steps)
 
 
 def type_step(context, h):
@@ -126,23 +108,19 @@ def type_step(context, h):
 
 
 def emit_step(context, builder, handle_type, handle):
-    """``step(h)`` emitted in the caller: if flags[DIRTY], [SKIP_NONFINITE] or [HOOKS]: ok =
-    _prologue(flags, lanes); if ok: each lane's step (no hooks: a lane has none);
-    flags[STEPS] += 1; if flags[HOOKS]: the post-hooks. Returns ok."""
+    """``step(h)`` emitted in the caller: ``_prologue(flags, lanes)`` and then each lane's
+    step (no hooks: a lane has none) in ``emit_guarded``'s frame. Returns ok."""
     f, n = FIELDS.index("flags"), FIELDS.index("lanes")
     flags_type, lanes_type = handle_type.types[f], handle_type.types[n]
     flags, lanes = builder.extract_value(handle, f), builder.extract_value(handle, n)
-    flag = flag_pointer(context, builder, flags_type, flags)
-    zero, one = (context.get_constant(types.int64, v) for v in (0, 1))
-    ok = cgutils.alloca_once_value(builder, cgutils.true_bit)
-    with builder.if_then(rare_flags(builder, flag, zero), likely=False):
-        builder.store(call_function(context, builder, _prologue, [flags_type, lanes_type],
-                                    [flags, lanes])[0], ok)
-    with builder.if_then(builder.load(ok), likely=True):
+
+    def prologue():
+        return call_function(context, builder, _prologue, [flags_type, lanes_type],
+                             [flags, lanes])[0]
+
+    def lanes_steps():
         for k, lane_type in enumerate(lanes_type):
             _compiled.emit_step(context, builder, lane_type, builder.extract_value(lanes, k),
                                 hooks=False)
-        steps = flag(STEPS)
-        builder.store(builder.add(builder.load(steps), one), steps)
-    emit_post_hooks(context, builder, flags_type, flags, flag, zero)
-    return builder.load(ok)
+
+    return emit_guarded(context, builder, flags_type, flags, prologue, lanes_steps)

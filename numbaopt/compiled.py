@@ -261,33 +261,46 @@ def _run_hooks(flags, post):
 
 
 @njit(cache=True)
-def _prologue(flags, grad_buf, has_grad, chunks):
-    """The rare part of a step, run when ``flags[DIRTY]``, ``flags[SKIP_NONFINITE]`` or
-    ``flags[HOOKS]``: the step pre-hooks, re-read edited groups, then check the gradients;
-    False: skip this step."""
+def before_step(flags):
+    """What every step's rare part starts with: the step pre-hooks, then re-read edited
+    groups (both only when flagged)."""
     if flags[HOOKS]:
         _run_hooks(flags, False)
     if flags[DIRTY]:
         _sync(flags)
+
+
+@njit(cache=True)
+def arena_finite(flags, grad_buf, has_grad, chunks):
+    """Whether every gradient of a one-arena handle is finite (threaded for a large arena)."""
+    if flags[PARALLEL]:
+        return grads_finite_parallel(grad_buf, has_grad, chunks)
+    return grads_finite(grad_buf, has_grad, chunks)
+
+
+@njit(cache=True)
+def note_finite(flags, ok):
+    """``skip_nonfinite``'s outcome into the flags (found_nonfinite, skipped_steps): ok."""
+    flags[FOUND_NONFINITE] = 0 if ok else 1
+    if not ok:
+        flags[SKIPPED] += 1
+    return ok
+
+
+@njit(cache=True)
+def _prologue(flags, grad_buf, has_grad, chunks):
+    """The rare part of a step, run when ``flags[DIRTY]``, ``flags[SKIP_NONFINITE]`` or
+    ``flags[HOOKS]``: ``before_step``, then check the gradients; False: skip this step."""
+    before_step(flags)
     if flags[SKIP_NONFINITE]:
-        if flags[PARALLEL]:
-            ok = grads_finite_parallel(grad_buf, has_grad, chunks)
-        else:
-            ok = grads_finite(grad_buf, has_grad, chunks)
-        flags[FOUND_NONFINITE] = 0 if ok else 1
-        if not ok:
-            flags[SKIPPED] += 1
-            return False
+        return note_finite(flags, arena_finite(flags, grad_buf, has_grad, chunks))
     return True
 
 
 @njit(cache=True)
 def _sync_only(flags):
     """The rare part of a step whose kernel checks its own gradients (SparseAdam's)."""
-    if flags[HOOKS]:
-        _run_hooks(flags, False)
-    if flags[DIRTY]:
-        _sync(flags)
+    before_step(flags)
     return True
 
 
@@ -297,10 +310,15 @@ def step(h):
     (``skip_nonfinite`` and a NaN or inf gradient)."""
     if type(h) in _compiled_mixed.classes:
         return _compiled_mixed.step(h)
-    kind, flags = _kinds[type(h)], h.flags
-    ok = not (flags[DIRTY] or flags[SKIP_NONFINITE] or flags[HOOKS]) or kind.prologue(
-        *[h[k] for k in kind.prologue_fields])
-    if ok and kind.kernel(*[h[k] for k in kind.kernel_fields]) is not False:
+    kind = _kinds[type(h)]
+    return run_guarded(h.flags, lambda: kind.prologue(*[h[k] for k in kind.prologue_fields]),
+                       lambda: kind.kernel(*[h[k] for k in kind.kernel_fields]))
+
+
+def run_guarded(flags, prologue, body):
+    """``emit_guarded``'s frame, run from Python: ``step(h)`` called from Python."""
+    ok = not (flags[DIRTY] or flags[SKIP_NONFINITE] or flags[HOOKS]) or prologue()
+    if ok and body() is not False:
         flags[STEPS] += 1
     else:
         ok = False
@@ -344,55 +362,57 @@ def call_function(context, builder, function, argtypes, values):
     return context.get_function(fnty, signature)(builder, values), signature.return_type
 
 
-def flag_pointer(context, builder, flags_type, flags_value):
-    """``k -> &flags[k]`` of a flags table."""
-    data = context.make_array(flags_type)(context, builder, flags_value).data
-    return lambda k: cgutils.gep_inbounds(builder, data, k)
+def emit_guarded(context, builder, flags_type, flags, prologue, body, hooks=True):
+    """A step's frame, emitted in the caller around ``prologue()`` and ``body()`` (callables
+    that emit code; ``body`` gives a boolean value or None): if flags[DIRTY],
+    [SKIP_NONFINITE] or [HOOKS]: ok = prologue(); if ok: ok = body() (when it gives one);
+    flags[STEPS] += ok; if hooks and flags[HOOKS]: the post-hooks (after a skipped step
+    too, as opt.step()). Returns ok."""
+    data = context.make_array(flags_type)(context, builder, flags).data
 
+    def flag(k):
+        return cgutils.gep_inbounds(builder, data, k)
 
-def rare_flags(builder, flag, zero):
-    """Whether a step takes its rare path: flags[DIRTY], [SKIP_NONFINITE] or [HOOKS]."""
-    loads = [builder.icmp_signed("!=", builder.load(flag(k)), zero)
-             for k in (DIRTY, SKIP_NONFINITE, HOOKS)]
-    return builder.or_(builder.or_(loads[0], loads[1]), loads[2])
+    def raised(k):
+        return builder.icmp_signed("!=", builder.load(flag(k)), zero)
 
-
-def emit_post_hooks(context, builder, flags_type, flags, flag, zero):
-    """if flags[HOOKS]: the step post-hooks (after a step or a skipped one, as opt.step())."""
-    hooked = builder.icmp_signed("!=", builder.load(flag(HOOKS)), zero)
-    with builder.if_then(hooked, likely=False):
-        call_function(context, builder, _run_hooks, [flags_type, types.boolean],
-                      [flags, cgutils.true_bit])
-
-
-def emit_step(context, builder, handle_type, handle, hooks=True):
-    """``step(h)`` of a one-arena handle, emitted in the caller from the handle's members
-    as they are (see the module docstring): if flags[DIRTY], [SKIP_NONFINITE] or [HOOKS]:
-    ok = prologue(...); if ok: kernel(...) (ok = its result if it returns a bool); if ok:
-    flags[STEPS] += 1; if flags[HOOKS]: the post-hooks. Returns ok. (``hooks=False``: a
-    lane's step, whose optimizer runs the hooks.)"""
-    def call(function, fields):
-        return call_function(context, builder, function, [handle_type.types[k] for k in fields],
-                             [builder.extract_value(handle, k) for k in fields])
-
-    kind = _kinds[handle_type.instance_class]
-    index = _FIXED.index("flags")
-    flags_type, flags = handle_type.types[index], builder.extract_value(handle, index)
-    flag = flag_pointer(context, builder, flags_type, flags)
     zero = context.get_constant(types.int64, 0)
     ok = cgutils.alloca_once_value(builder, cgutils.true_bit)
-    with builder.if_then(rare_flags(builder, flag, zero), likely=False):
-        builder.store(call(kind.prologue, kind.prologue_fields)[0], ok)
+    rare = builder.or_(builder.or_(raised(DIRTY), raised(SKIP_NONFINITE)), raised(HOOKS))
+    with builder.if_then(rare, likely=False):
+        builder.store(prologue(), ok)
     with builder.if_then(builder.load(ok), likely=True):
-        result, returns = call(kind.kernel, kind.kernel_fields)
-        if returns == types.boolean:
+        result = body()
+        if result is not None:
             builder.store(result, ok)
         steps = flag(STEPS)
         taken = builder.zext(builder.load(ok), steps.type.pointee)
         builder.store(builder.add(builder.load(steps), taken), steps)
     if hooks:
-        emit_post_hooks(context, builder, flags_type, flags, flag, zero)
+        with builder.if_then(raised(HOOKS), likely=False):
+            call_function(context, builder, _run_hooks, [flags_type, types.boolean],
+                          [flags, cgutils.true_bit])
     return builder.load(ok)
+
+
+def emit_step(context, builder, handle_type, handle, hooks=True):
+    """``step(h)`` of a one-arena handle, emitted in the caller from the handle's members
+    as they are (see the module docstring): its Kind's prologue and kernel (whose result,
+    if a bool, says whether it stepped) in ``emit_guarded``'s frame. Returns ok.
+    (``hooks=False``: a lane's step, whose optimizer runs the hooks.)"""
+    def call(function, fields):
+        return call_function(context, builder, function, [handle_type.types[k] for k in fields],
+                             [builder.extract_value(handle, k) for k in fields])
+
+    def kernel():
+        result, returns = call(kind.kernel, kind.kernel_fields)
+        return result if returns == types.boolean else None
+
+    kind = _kinds[handle_type.instance_class]
+    index = _FIXED.index("flags")
+    return emit_guarded(context, builder, handle_type.types[index],
+                        builder.extract_value(handle, index),
+                        lambda: call(kind.prologue, kind.prologue_fields)[0], kernel, hooks)
 
 
 @lower_builtin(step, types.BaseNamedTuple)

@@ -10,6 +10,7 @@ from numba.core.errors import TypingError
 import numbaopt
 from numbaopt import compiled, optim
 from numbaopt.optim import lr_scheduler
+from tolerance import assert_same_steps
 
 P = numbaopt.Parameter
 STEPS = 12
@@ -83,17 +84,6 @@ def _python(opt, params, first, n, lr_every):
             opt.param_groups[1]["lr"] = opt.param_groups[1]["lr"] * 0.5
 
 
-def _same(o1, p1, o2, p2):
-    for a, b in zip(p1, p2):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(a.data, b.data)
-    s1, s2 = o1.state_dict(), o2.state_dict()
-    assert s1["param_groups"] == s2["param_groups"]
-    for i in s2["state"]:
-        for key in s2["state"][i]:
-            np.testing.assert_array_equal(s1["state"][i][key], s2["state"][i][key])
-
-
 def test_a_compiled_loop_over_two_dtypes_is_bit_for_bit_the_python_loop():
     # (Adam with amsgrad: the lanes' own kernels are those test_compiled.py checks one by one)
     p1, o1 = _make("Adam", amsgrad=True)
@@ -109,13 +99,13 @@ def test_a_compiled_loop_over_two_dtypes_is_bit_for_bit_the_python_loop():
         s1.step()                          # reaches every lane of the compiled step
         s2.step()
         assert o1.param_groups[1]["lr"] == o2.param_groups[1]["lr"]
-    _same(o1, p1, o2, p2)
+    assert_same_steps(o1, p1, o2, p2)
     grads = _grads(0)                      # and Python steps continue exactly
     o1.set_grads(grads)
     o2.set_grads(grads)
     o1.step()
     o2.step()
-    _same(o1, p1, o2, p2)
+    assert_same_steps(o1, p1, o2, p2)
 
 
 def test_set_lr_from_compiled_code_reaches_every_lane_and_the_groups():

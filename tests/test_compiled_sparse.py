@@ -11,6 +11,7 @@ import numbaopt
 from numbaopt import compiled, optim
 from numbaopt.optim import lr_scheduler
 from numbaopt.sparse import RowSparseGrad
+from tolerance import assert_same_steps
 
 SHAPES = ((40, 6), (15, 2, 3), (9,), (12, 4))
 STEPS = 12
@@ -80,18 +81,6 @@ def _python(opt, params, plan, first, n):
             opt.param_groups[1]["lr"] = opt.param_groups[1]["lr"] * 0.5
 
 
-def _same(o1, p1, o2, p2):
-    for a, b in zip(p1, p2):
-        np.testing.assert_array_equal(a.data, b.data)
-    s1, s2 = o1.state_dict(), o2.state_dict()
-    assert s1["param_groups"] == s2["param_groups"]
-    assert s1["state"].keys() == s2["state"].keys()
-    for i in s2["state"]:
-        assert s1["state"][i]["step"] == s2["state"][i]["step"]
-        for key in ("exp_avg", "exp_avg_sq"):
-            np.testing.assert_array_equal(s1["state"][i][key], s2["state"][i][key])
-
-
 WIDTH = np.array([int(np.prod(s[1:])) for s in SHAPES], np.int64)
 
 
@@ -112,7 +101,7 @@ def test_a_compiled_loop_is_bit_for_bit_the_python_loop(dtype, threads):
         _python(o2, p2, plan, 4 * epoch, 4)
         s1.step()                     # reaches the compiled step
         s2.step()
-    _same(o1, p1, o2, p2)
+    assert_same_steps(o1, p1, o2, p2)
     # the staged gradients read back in Python, then Python steps continue exactly
     for i, r, v in plan[-1]:
         p1[i].grad = p2[i].grad = RowSparseGrad(r, v)
@@ -124,7 +113,7 @@ def test_a_compiled_loop_is_bit_for_bit_the_python_loop(dtype, threads):
             np.testing.assert_array_equal(ga.values, gb.values)
     o1.step()
     o2.step()
-    _same(o1, p1, o2, p2)
+    assert_same_steps(o1, p1, o2, p2)
 
 
 @njit
@@ -268,7 +257,7 @@ def test_the_functions_called_from_python_are_opt_step():
         o2.step()
         compiled.zero_grad(h, False)
         o2.zero_grad(False)
-    _same(o1, p1, o2, p2)
+    assert_same_steps(o1, p1, o2, p2)
     compiled.sparse_grad(h, 0, np.array([1]), np.full((1, 6), np.inf))
     assert compiled.step(h) is False and o1.skipped_steps == 1
 

@@ -38,12 +38,9 @@ def _step(has_grad, flags, used, generation, threshold, param, exp_avg, exp_avg_
     for i in range(has_grad.shape[0]):
         if has_grad[i]:
             raise RuntimeError(_DENSE_GRAD)
-    if flags[_compiled.SKIP_NONFINITE]:
-        ok = _staged_finite(count, vstart, row_len, values)
-        flags[_compiled.FOUND_NONFINITE] = 0 if ok else 1
-        if not ok:
-            flags[_compiled.SKIPPED] += 1
-            return False
+    if flags[_compiled.SKIP_NONFINITE] and not _compiled.note_finite(
+            flags, _staged_finite(count, vstart, row_len, values)):
+        return False
     if used[USED_VALUES] >= threshold:
         _step_parallel(param, exp_avg, exp_avg_sq, step, group, hyper, offsets, row_len,
                        row_base, count, start, vstart, indices, values, slot, table, gsum, coef)

@@ -79,8 +79,8 @@ class Optimizer(GroupsMixin, StateMixin):
         self.device = device
         self.defaults = {k: tuple(v) if isinstance(v, list) else v for k, v in defaults.items()}
         self._check_group(self.defaults)
-        # flags shared with compiled code (numbaopt.compiled.N_FLAGS): [0] mirrors _dirty
-        self._flags = np.zeros(9, dtype=np.int64)
+        # flags shared with compiled code (numbaopt.compiled): [0] mirrors _dirty
+        self._flags = np.zeros(N_FLAGS, dtype=np.int64)
         self._dirty = DirtyFlag(self._flags)
         _hooks.refresh(self)                  # (its hook flag: a global hook may be on)
         groups = []
@@ -243,8 +243,8 @@ class Optimizer(GroupsMixin, StateMixin):
     def __setstate__(self, state):
         flags = state.get("_flags")
         if flags is not None:
-            if flags.shape[0] < 9:                        # pickled before the hooks flag
-                flags = np.concatenate([flags, np.zeros(9 - flags.shape[0], np.int64)])
+            if flags.shape[0] < N_FLAGS:                  # pickled before the hooks flag
+                flags = np.concatenate([flags, np.zeros(N_FLAGS - flags.shape[0], np.int64)])
                 state["_flags"] = state["_dirty"].flags = flags
             state["_handle_args"] = None     # (the copy's own handles set it)
         self.__dict__.update(state)
@@ -266,6 +266,10 @@ class Optimizer(GroupsMixin, StateMixin):
 # gradients across ranks first): it has no compiled handle, and the ones it had go stale.
 # By identity, so that a copy of the optimizer is not wrapped.
 wrapped_by = weakref.WeakKeyDictionary()
+
+
+# the size of the flags table compiled code shares (numbaopt.compiled.N_FLAGS)
+N_FLAGS = 9
 
 
 def wrapped_message(optimizer, wrapper):
